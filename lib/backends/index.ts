@@ -1,0 +1,50 @@
+import { MicroGPTError, invalidArgument } from '../errors.js';
+import { jsBackend } from './js/index.js';
+import type { Backend, BackendChoice, BackendName } from './types.js';
+
+export const BACKEND_CHOICES: readonly BackendChoice[] = ['auto', 'js', 'native', 'cuda'];
+
+/**
+ * Why each engine that is not usable in this process is unavailable. 'auto' takes the fastest
+ * engine that is available; naming an unavailable one is an error carrying this reason.
+ */
+function unavailableReason(name: BackendName): string | null {
+  switch (name) {
+    case 'js':
+      return null;
+    case 'native':
+      return 'this build of microgpt has no native engine yet';
+    case 'cuda':
+      return 'this build of microgpt has no CUDA engine yet';
+  }
+}
+
+const PREFERENCE: readonly BackendName[] = ['cuda', 'native', 'js'];
+
+export function resolveBackend(choice: BackendChoice = 'auto'): Backend {
+  if (!BACKEND_CHOICES.includes(choice)) {
+    throw invalidArgument(`backend must be one of ${BACKEND_CHOICES.join(', ')}, got ${JSON.stringify(choice)}`);
+  }
+  if (choice === 'auto') {
+    const name = PREFERENCE.find((n) => unavailableReason(n) === null) ?? 'js';
+    return backendByName(name);
+  }
+  const reason = unavailableReason(choice);
+  if (reason !== null) {
+    throw new MicroGPTError('ERR_BACKEND_UNAVAILABLE', `backend '${choice}' is not available: ${reason}; use backend 'js' or 'auto'`);
+  }
+  return backendByName(choice);
+}
+
+/** Which engines this process can use, and why the others cannot. */
+export function availableBackends(): { name: BackendName; available: boolean; reason: string | null }[] {
+  return PREFERENCE.map((name) => {
+    const reason = unavailableReason(name);
+    return { name, available: reason === null, reason };
+  });
+}
+
+function backendByName(name: BackendName): Backend {
+  if (name === 'js') return jsBackend;
+  throw new Error(`internal: no ${name} backend`);
+}

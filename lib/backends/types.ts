@@ -1,0 +1,58 @@
+/**
+ * The seam between the TypeScript layer (tokenizer, cropping, sampling) and the engines that run
+ * the forward pass. The `js` backend is the readable reference; `native` (C++ SIMD) and `cuda`
+ * implement the same interface. Everything here takes token ids that the caller has validated
+ * (integers in [0, vocabSize), at most blockSize of them in a session), so an engine may trust them.
+ */
+import type { ModelConfig } from '../config.js';
+import type { ModelWeights } from '../weights.js';
+
+export type BackendName = 'js' | 'native' | 'cuda';
+export type BackendChoice = 'auto' | BackendName;
+
+export interface RuntimeOptions {
+  /** Worker threads for engines that use them; the js backend ignores it. */
+  readonly threads?: number;
+}
+
+/** Creates runtimes: one per loaded model. */
+export interface Backend {
+  readonly name: BackendName;
+  /** Copies or adopts the weights once; every session of the runtime shares them. */
+  load(config: ModelConfig, weights: ModelWeights, options?: RuntimeOptions): Promise<ModelRuntime>;
+}
+
+/** A model's weights resident in an engine. */
+export interface ModelRuntime {
+  readonly backend: BackendName;
+  readonly config: ModelConfig;
+  /**
+   * Logits of every position of `ids` (positions 0..T-1, T <= blockSize), row-major
+   * [T, vocabSize], in a new array the caller owns.
+   */
+  forward(ids: Int32Array): Promise<Float32Array>;
+  /** A new generation state with its own KV cache. */
+  createSession(): InferenceSession;
+  /** Frees the weights; sessions must not be used afterwards. */
+  dispose(): void;
+}
+
+/**
+ * One sequence being generated: the keys and values of the tokens seen so far (absolute positions
+ * 0..length-1). Calls on one session must not overlap; different sessions may run concurrently.
+ */
+export interface InferenceSession {
+  /** Tokens in the KV cache. */
+  readonly length: number;
+  /**
+   * Appends `ids` at positions length..length+n-1 (length + n <= blockSize, n >= 1) and returns the
+   * logits of the last of them [vocabSize]. The array may be reused by the next call: copy to keep.
+   */
+  prefill(ids: Int32Array): Promise<Float32Array>;
+  /** prefill of a single token; engines may take a faster matrix-vector path here. */
+  decode(id: number): Promise<Float32Array>;
+  /** Empties the KV cache (length becomes 0). */
+  reset(): void;
+  /** Frees the KV cache. */
+  dispose(): void;
+}

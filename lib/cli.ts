@@ -1,0 +1,279 @@
+#!/usr/bin/env node
+/**
+ * The `microgpt` command. Results go to stdout, diagnostics to stderr; a failure prints one line
+ * naming the problem and exits with code 1.
+ */
+import { readFileSync } from 'node:fs';
+import { readFile, stat } from 'node:fs/promises';
+import { parseArgs, type ParseArgsConfig } from 'node:util';
+import { availableBackends } from './backends/index.js';
+import type { BackendChoice } from './backends/types.js';
+import { MicroGPTError } from './errors.js';
+import type { GenerationResult } from './generate.js';
+import { readSafetensors, writeSafetensors, type WritableDType } from './formats/safetensors.js';
+import { evaluate, MAX_EVAL_CHARACTERS } from './evaluate.js';
+import { loadModel, readModelFile } from './load.js';
+import { parameterCount } from './config.js';
+
+const USAGE = `Usage: microgpt <command> [options]
+
+Commands:
+  generate  --model PATH [--meta meta.pkl] [--prompt TEXT] [--max-new-tokens N]
+            [--temperature T] [--top-k K] [--top-p P] [--seed S] [--num-samples N]
+            [--stop TEXT]... [--backend auto|js|native|cuda] [--threads N] [--json]
+            Prints the continuation of the prompt (without the prompt).
+  info      --model PATH [--meta meta.pkl] [--json]
+            Describes a model: config, parameters, vocabulary, format.
+  convert   --model PATH [--meta meta.pkl] --out FILE.safetensors [--dtype f32|f16|bf16]
+            Writes a nanoGPT checkpoint (or any model) as microgpt's safetensors.
+  eval      --model PATH [--meta meta.pkl] --data FILE [--split all|val] [--backend B] [--json]
+            Mean cross-entropy and perplexity of the model over a text file, in
+            non-overlapping windows of blockSize (--split val: nanoGPT's last 10%).
+
+PATH is a .safetensors file, a nanoGPT ckpt.pt, or a nanoGPT out_dir.
+Run 'microgpt <command> --help' for a command's options.`;
+
+class UsageError extends Error {}
+
+type Options = ParseArgsConfig['options'];
+
+const modelOptions: Options = {
+  model: { type: 'string' },
+  meta: { type: 'string' },
+  help: { type: 'boolean', short: 'h' },
+};
+
+async function main(argv: string[]): Promise<void> {
+  const [command, ...rest] = argv;
+  switch (command) {
+    case 'generate':
+      return generate(rest);
+    case 'info':
+      return info(rest);
+    case 'convert':
+      return convert(rest);
+    case 'eval':
+      return evalCommand(rest);
+    case '--version':
+    case '-v':
+      process.stdout.write(`${packageVersion()}\n`);
+      return;
+    case undefined:
+    case 'help':
+    case '--help':
+    case '-h':
+      process.stdout.write(`${USAGE}\n`);
+      return;
+    default:
+      throw new UsageError(`unknown command "${command}" (commands: generate, info, convert, eval; see microgpt --help)`);
+  }
+}
+
+async function generate(args: string[]): Promise<void> {
+  const { values } = parse(args, {
+    ...modelOptions,
+    prompt: { type: 'string' },
+    'max-new-tokens': { type: 'string' },
+    temperature: { type: 'string' },
+    'top-k': { type: 'string' },
+    'top-p': { type: 'string' },
+    seed: { type: 'string' },
+    'num-samples': { type: 'string' },
+    stop: { type: 'string', multiple: true },
+    backend: { type: 'string' },
+    threads: { type: 'string' },
+    json: { type: 'boolean' },
+  });
+  if (values['help'] === true) return void process.stdout.write(`${USAGE}\n`);
+  const model = await loadModel(requireModel(values), {
+    ...optionalString(values, 'meta'),
+    ...(typeof values['backend'] === 'string' ? { backend: values['backend'] as BackendChoice } : {}),
+    ...optionalNumber(values, 'threads', 'threads'),
+  });
+  try {
+    const prompt = typeof values['prompt'] === 'string' ? values['prompt'] : '\n';
+    const options = {
+      ...optionalNumber(values, 'max-new-tokens', 'maxNewTokens'),
+      ...optionalNumber(values, 'temperature', 'temperature'),
+      ...optionalNumber(values, 'top-k', 'topK'),
+      ...optionalNumber(values, 'top-p', 'topP'),
+      ...optionalNumber(values, 'seed', 'seed'),
+      ...(Array.isArray(values['stop']) ? { stop: values['stop'] as string[] } : {}),
+    };
+    const numSamples = optionalNumber(values, 'num-samples', 'numSamples').numSamples ?? 1;
+    const json = values['json'] === true;
+    const started = process.hrtime.bigint();
+    let results: GenerationResult[];
+    if (numSamples === 1 && !json) {
+      // Print the text as it is generated.
+      const stream = model.stream(prompt, options);
+      for (;;) {
+        const step = await stream.next();
+        if (step.done === true) {
+          results = [step.value];
+          break;
+        }
+        process.stdout.write(step.value);
+      }
+    } else {
+      results = await model.completeMany(prompt, { ...options, numSamples });
+      if (!json) process.stdout.write(results.map((r) => r.text).join('\n---------------\n'));
+    }
+    const seconds = Number(process.hrtime.bigint() - started) / 1e9;
+    const tokens = results.reduce((n, r) => n + r.tokens, 0);
+    const tokensPerSecond = seconds > 0 ? tokens / seconds : 0;
+    if (json) {
+      const first = results[0] as GenerationResult;
+      const out = {
+        text: first.text,
+        tokens,
+        finishReason: first.finishReason,
+        backend: model.backend,
+        tokensPerSecond: Math.round(tokensPerSecond * 10) / 10,
+        seconds: Math.round(seconds * 1e4) / 1e4,
+        ...(numSamples > 1 ? { samples: results } : {}),
+      };
+      process.stdout.write(`${JSON.stringify(out)}\n`);
+    } else {
+      process.stderr.write(`microgpt: ${tokens} tokens in ${seconds.toFixed(2)} s (${tokensPerSecond.toFixed(1)} tokens/s, ${model.backend} backend)\n`);
+    }
+  } finally {
+    model.dispose();
+  }
+}
+
+async function info(args: string[]): Promise<void> {
+  const { values } = parse(args, { ...modelOptions, json: { type: 'boolean' } });
+  if (values['help'] === true) return void process.stdout.write(`${USAGE}\n`);
+  const file = await readModelFile(requireModel(values), optionalString(values, 'meta').meta);
+  const c = file.config;
+  const description = {
+    path: file.info.path,
+    format: file.info.format,
+    storedDType: file.info.storedDType,
+    config: c,
+    parameters: parameterCount(c),
+    vocabulary: file.vocab.join(''),
+    vocabularySize: file.vocab.length,
+    metadata: file.info.metadata,
+    backends: availableBackends(),
+  };
+  if (values['json'] === true) {
+    process.stdout.write(`${JSON.stringify(description, null, 2)}\n`);
+    return;
+  }
+  const lines = [
+    `model       ${description.path}`,
+    `format      ${description.format} (${description.storedDType} weights, computed in float32)`,
+    `shape       ${c.nLayer} layers, ${c.nHead} heads, ${c.nEmbd} wide, block ${c.blockSize}, vocab ${c.vocabSize}, bias ${c.bias}`,
+    `parameters  ${description.parameters.toLocaleString('en-US')}`,
+    `vocabulary  ${JSON.stringify(description.vocabulary)} (${description.vocabularySize} characters)`,
+    ...Object.entries(description.metadata).map(([k, v]) => `${k.padEnd(11)} ${v.length > 200 ? `${v.slice(0, 200)}…` : v}`),
+    `backends    ${description.backends.map((b) => (b.available ? b.name : `${b.name} (unavailable: ${b.reason})`)).join(', ')}`,
+  ];
+  process.stdout.write(`${lines.join('\n')}\n`);
+}
+
+async function convert(args: string[]): Promise<void> {
+  const { values } = parse(args, { ...modelOptions, out: { type: 'string' }, dtype: { type: 'string' } });
+  if (values['help'] === true) return void process.stdout.write(`${USAGE}\n`);
+  const out = values['out'];
+  if (typeof out !== 'string' || out.length === 0) throw new UsageError('convert needs --out FILE.safetensors');
+  const dtypeName = typeof values['dtype'] === 'string' ? values['dtype'].toLowerCase() : 'f32';
+  const dtypes: Record<string, WritableDType> = { f32: 'F32', float32: 'F32', f16: 'F16', float16: 'F16', bf16: 'BF16', bfloat16: 'BF16' };
+  const dtype = dtypes[dtypeName];
+  if (dtype === undefined) throw new UsageError(`--dtype must be f32, f16 or bf16, got "${values['dtype']}"`);
+  const file = await readModelFile(requireModel(values), optionalString(values, 'meta').meta);
+  await writeSafetensors(out, {
+    config: file.config,
+    weights: file.weights,
+    vocab: file.vocab,
+    dtype,
+    metadata: { ...file.info.metadata, convertedFrom: file.info.format },
+  });
+  const check = await readSafetensors(out); // a file we cannot read back is not written
+  process.stderr.write(`microgpt: wrote ${out} (${check.storedDType}, ${parameterCount(check.config).toLocaleString('en-US')} parameters)\n`);
+}
+
+async function evalCommand(args: string[]): Promise<void> {
+  const { values } = parse(args, {
+    ...modelOptions,
+    data: { type: 'string' },
+    split: { type: 'string' },
+    backend: { type: 'string' },
+    threads: { type: 'string' },
+    json: { type: 'boolean' },
+  });
+  if (values['help'] === true) return void process.stdout.write(`${USAGE}\n`);
+  const data = values['data'];
+  if (typeof data !== 'string' || data.length === 0) throw new UsageError('eval needs --data FILE (a UTF-8 text file)');
+  const split = values['split'] ?? 'all';
+  if (split !== 'all' && split !== 'val') throw new UsageError(`--split must be all or val, got "${String(split)}"`);
+  const size = (await stat(data).catch(() => {
+    throw new UsageError(`cannot read --data ${data}: no such file`);
+  })).size;
+  if (size > MAX_EVAL_CHARACTERS * 4) throw new UsageError(`--data ${data} is ${size} bytes; eval reads at most ${MAX_EVAL_CHARACTERS * 4}`);
+  const text = await readFile(data, 'utf8');
+  const model = await loadModel(requireModel(values), {
+    ...optionalString(values, 'meta'),
+    ...(typeof values['backend'] === 'string' ? { backend: values['backend'] as BackendChoice } : {}),
+    ...optionalNumber(values, 'threads', 'threads'),
+  });
+  try {
+    const started = process.hrtime.bigint();
+    const result = await evaluate(model, text, { split });
+    const seconds = Number(process.hrtime.bigint() - started) / 1e9;
+    if (values['json'] === true) {
+      process.stdout.write(`${JSON.stringify({ ...result, split, backend: model.backend, seconds: Math.round(seconds * 1e3) / 1e3 })}\n`);
+    } else {
+      process.stdout.write(
+        `loss ${result.loss.toFixed(4)}  perplexity ${result.perplexity.toFixed(3)}  (${result.tokens} tokens in ${result.windows} windows of ${model.config.blockSize}, split ${split})\n`,
+      );
+    }
+  } finally {
+    model.dispose();
+  }
+}
+
+function parse(args: string[], options: Options): { values: Record<string, unknown> } {
+  try {
+    return parseArgs({ args, options, strict: true, allowPositionals: false });
+  } catch (error) {
+    throw new UsageError((error as Error).message.split('\n')[0] ?? 'bad arguments');
+  }
+}
+
+function requireModel(values: Record<string, unknown>): string {
+  const model = values['model'];
+  if (typeof model !== 'string' || model.length === 0) throw new UsageError('--model PATH is required (a .safetensors file, a ckpt.pt or a nanoGPT out_dir)');
+  return model;
+}
+
+function optionalString(values: Record<string, unknown>, name: string): { [k: string]: string } {
+  const v = values[name];
+  return typeof v === 'string' ? { [name]: v } : {};
+}
+
+function optionalNumber<K extends string>(values: Record<string, unknown>, flag: string, key: K): { [P in K]?: number } {
+  const raw = values[flag];
+  if (typeof raw !== 'string') return {};
+  const n = Number(raw);
+  if (raw.trim() === '' || !Number.isFinite(n)) throw new UsageError(`--${flag} must be a number, got "${raw}"`);
+  return { [key]: n } as { [P in K]?: number };
+}
+
+function packageVersion(): string {
+  const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
+  return pkg.version;
+}
+
+main(process.argv.slice(2)).catch((error: unknown) => {
+  let message: string;
+  if (error instanceof MicroGPTError || error instanceof UsageError) message = error.message;
+  else if (error instanceof Error && 'code' in error && typeof error.code === 'string' && error.code.startsWith('E')) message = error.message;
+  else if (error instanceof Error) message = `internal error: ${error.message} (please report it; MICROGPT_DEBUG=1 prints the stack)`;
+  else message = String(error);
+  if (process.env['MICROGPT_DEBUG'] === '1' && error instanceof Error) process.stderr.write(`${error.stack}\n`);
+  process.stderr.write(`microgpt: ${message.split('\n')[0]}\n`);
+  process.exitCode = 1;
+});

@@ -1,0 +1,117 @@
+import { MicroGPTError } from './errors.js';
+
+/** The hyper-parameters of a nanoGPT model, named as in nanoGPT's GPTConfig but camelCased. */
+export interface ModelConfig {
+  /** Number of tokens (characters) in the vocabulary. */
+  readonly vocabSize: number;
+  /** Longest context the model attends over; also the number of learned positions. */
+  readonly blockSize: number;
+  readonly nLayer: number;
+  readonly nHead: number;
+  /** Width of the residual stream; a multiple of nHead. */
+  readonly nEmbd: number;
+  /** Whether the Linear and LayerNorm layers carry biases (nanoGPT's `bias`). */
+  readonly bias: boolean;
+}
+
+/**
+ * Bounds that keep a hostile or mistyped config from asking for absurd allocations. They are far
+ * above any model this library is meant for (gpt2-xl is 48 layers, 1600 wide, block 1024).
+ */
+export const CONFIG_LIMITS = {
+  vocabSize: 1_114_112, // every Unicode code point
+  blockSize: 65_536,
+  nLayer: 256,
+  nHead: 256,
+  nEmbd: 16_384,
+  /** Float32 parameters; 2^31 keeps every tensor index inside a JS number and a Float32Array. */
+  parameters: 2 ** 31,
+} as const;
+
+const LIMITED_FIELDS = ['vocabSize', 'blockSize', 'nLayer', 'nHead', 'nEmbd'] as const;
+
+/** Checks a config from any source (checkpoint, safetensors metadata, user) and returns a clean copy. */
+export function validateConfig(raw: unknown, source = 'model config'): ModelConfig {
+  if (typeof raw !== 'object' || raw === null) {
+    throw new MicroGPTError('ERR_INVALID_CONFIG', `${source}: expected an object, got ${describe(raw)}`);
+  }
+  const record = raw as Record<string, unknown>;
+  const out: Record<string, number | boolean> = {};
+  for (const field of LIMITED_FIELDS) {
+    const value = record[field];
+    const limit = CONFIG_LIMITS[field];
+    if (typeof value !== 'number' || !Number.isInteger(value) || value < 1 || value > limit) {
+      throw new MicroGPTError(
+        'ERR_INVALID_CONFIG',
+        `${source}: ${field} must be an integer from 1 to ${limit}, got ${describe(value)}`,
+      );
+    }
+    out[field] = value;
+  }
+  const bias = record['bias'];
+  if (typeof bias !== 'boolean') {
+    throw new MicroGPTError('ERR_INVALID_CONFIG', `${source}: bias must be true or false, got ${describe(bias)}`);
+  }
+  const config: ModelConfig = {
+    vocabSize: out['vocabSize'] as number,
+    blockSize: out['blockSize'] as number,
+    nLayer: out['nLayer'] as number,
+    nHead: out['nHead'] as number,
+    nEmbd: out['nEmbd'] as number,
+    bias,
+  };
+  if (config.nEmbd % config.nHead !== 0) {
+    throw new MicroGPTError(
+      'ERR_INVALID_CONFIG',
+      `${source}: nEmbd (${config.nEmbd}) must be a multiple of nHead (${config.nHead})`,
+    );
+  }
+  const params = parameterCount(config);
+  if (params > CONFIG_LIMITS.parameters) {
+    throw new MicroGPTError(
+      'ERR_INVALID_CONFIG',
+      `${source}: ${params} parameters is more than this library supports (${CONFIG_LIMITS.parameters})`,
+    );
+  }
+  return config;
+}
+
+/**
+ * Parameter count with the tied lm_head counted once, as nanoGPT's get_num_params(non_embedding=False).
+ */
+export function parameterCount(c: ModelConfig): number {
+  const C = c.nEmbd;
+  const b = c.bias ? 1 : 0;
+  const layerNorm = C + b * C;
+  const perLayer =
+    2 * layerNorm + // ln_1, ln_2
+    3 * C * C + b * 3 * C + // attn.c_attn
+    C * C + b * C + // attn.c_proj
+    4 * C * C + b * 4 * C + // mlp.c_fc
+    4 * C * C + b * C; // mlp.c_proj
+  return c.vocabSize * C + c.blockSize * C + c.nLayer * perLayer + layerNorm;
+}
+
+/** nanoGPT's `model_args` dict (snake_case) to our config. Extra keys such as `dropout` are ignored. */
+export function configFromModelArgs(args: Record<string, unknown>, source: string): ModelConfig {
+  return validateConfig(
+    {
+      vocabSize: args['vocab_size'],
+      blockSize: args['block_size'],
+      nLayer: args['n_layer'],
+      nHead: args['n_head'],
+      nEmbd: args['n_embd'],
+      bias: args['bias'],
+    },
+    source,
+  );
+}
+
+export function describe(value: unknown): string {
+  if (typeof value === 'string') return JSON.stringify(value.length > 40 ? `${value.slice(0, 40)}…` : value);
+  if (typeof value === 'bigint') return `${value}n`;
+  if (value === null) return 'null';
+  if (Array.isArray(value)) return 'an array';
+  if (typeof value === 'object') return 'an object';
+  return String(value);
+}

@@ -1,0 +1,74 @@
+/**
+ * Cross-entropy of a model over a text, measured by our own forward pass, so a checkpoint's quality
+ * (and the README's figure for the bundled model) can be checked with the product itself.
+ */
+import { invalidArgument } from './errors.js';
+import type { Model } from './model.js';
+
+export interface EvaluateOptions {
+  /**
+   * 'all' (default) scores the whole text; 'val' only nanoGPT's validation split, the last 10% of
+   * the characters (text[int(n * 0.9):], as shakespeare_char's prepare.py).
+   */
+  split?: 'all' | 'val';
+  signal?: AbortSignal;
+  /** Called after each window with (windowsDone, windowsTotal). */
+  onProgress?: (done: number, total: number) => void;
+}
+
+export interface Evaluation {
+  /** Mean cross-entropy in nats per token. */
+  readonly loss: number;
+  /** exp(loss). */
+  readonly perplexity: number;
+  /** Tokens scored. */
+  readonly tokens: number;
+  /** Windows of blockSize tokens. */
+  readonly windows: number;
+}
+
+/** The most characters `evaluate` reads: 256 Mi, well above any corpus a char model trains on. */
+export const MAX_EVAL_CHARACTERS = 256 * 1024 * 1024;
+
+/**
+ * Mean cross-entropy over non-overlapping windows: with token ids v (length L) and block size B,
+ * window i (0 <= i < floor((L - 1) / B)) predicts v[iB+1 .. iB+B] from v[iB .. iB+B-1]. The tail
+ * shorter than a window is not scored. Characters outside the vocabulary are an error.
+ */
+export async function evaluate(model: Model, text: string, options: EvaluateOptions = {}): Promise<Evaluation> {
+  if (typeof text !== 'string') throw invalidArgument(`text must be a string, got ${typeof text}`);
+  if (text.length > MAX_EVAL_CHARACTERS) throw invalidArgument(`text has ${text.length} characters; evaluate reads at most ${MAX_EVAL_CHARACTERS}`);
+  const split = options.split ?? 'all';
+  if (split !== 'all' && split !== 'val') throw invalidArgument(`split must be 'all' or 'val', got ${String(split)}`);
+  let scored = text;
+  if (split === 'val') {
+    const chars = [...text]; // Python indexes code points
+    scored = chars.slice(Math.floor(chars.length * 0.9)).join('');
+  }
+  const ids = model.encode(scored);
+  const B = model.config.blockSize;
+  const V = model.config.vocabSize;
+  const windows = Math.floor((ids.length - 1) / B);
+  if (windows < 1) {
+    throw invalidArgument(`the text has ${ids.length} tokens; evaluating needs at least blockSize + 1 (${B + 1})`);
+  }
+  let total = 0;
+  for (let w = 0; w < windows; w++) {
+    options.signal?.throwIfAborted();
+    const logits = await model.logits(ids.slice(w * B, w * B + B));
+    for (let t = 0; t < B; t++) {
+      const row = logits.subarray(t * V, t * V + V);
+      let max = -Infinity;
+      for (let i = 0; i < V; i++) if ((row[i] as number) > max) max = row[i] as number;
+      let sum = 0;
+      for (let i = 0; i < V; i++) sum += Math.exp((row[i] as number) - max);
+      const target = ids[w * B + t + 1] as number;
+      total += Math.log(sum) + max - (row[target] as number); // -log softmax(row)[target]
+    }
+    options.onProgress?.(w + 1, windows);
+    if (w % 8 === 7) await new Promise<void>((resolve) => setImmediate(resolve));
+  }
+  const tokens = windows * B;
+  const loss = total / tokens;
+  return { loss, perplexity: Math.exp(loss), tokens, windows };
+}

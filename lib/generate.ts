@@ -1,0 +1,272 @@
+/**
+ * The autoregressive loop, as nanoGPT's GPT.generate: crop the context to the last blockSize
+ * tokens, run the forward pass, sample from the last position's logits, append, repeat.
+ *
+ * With a KV cache, each new token costs one decode step while the sequence fits in blockSize.
+ * Positions are absolute within the cropped window, so once the window slides every cached key
+ * and value is stale: from then on each step re-runs the whole window (a fresh prefill), which
+ * is exactly nanoGPT's computation.
+ */
+import { randomInt } from 'node:crypto';
+import type { ModelRuntime } from './backends/types.js';
+import { invalidArgument } from './errors.js';
+import { Rng } from './sampling/rng.js';
+import { Sampler, type SamplerSettings } from './sampling/sample.js';
+import type { CharTokenizer } from './tokenizer.js';
+
+export const GENERATION_LIMITS = {
+  maxNewTokens: 1_000_000,
+  /** Characters (UTF-16 code units) in a prompt. Only the last blockSize tokens are used. */
+  promptLength: 1_048_576,
+  numSamples: 1024,
+  stopStrings: 16,
+  stopStringLength: 1024,
+  temperature: 100,
+} as const;
+
+/** nanoGPT's sample.py defaults. */
+export const GENERATION_DEFAULTS = { maxNewTokens: 500, temperature: 0.8, topK: 200 } as const;
+
+export interface GenerateOptions {
+  /** Tokens to generate (default 500). */
+  maxNewTokens?: number;
+  /** 0 is greedy (argmax); default 0.8. */
+  temperature?: number;
+  /** Keep the k most likely tokens, and those tied with the k-th (default 200; null keeps all). */
+  topK?: number | null;
+  /** Nucleus sampling: keep the smallest set of likely tokens with this much probability (0 < topP <= 1). */
+  topP?: number;
+  /** Seed of the random generator (see Rng); default: a random seed. Same seed, same text. */
+  seed?: number;
+  /** Stop before the first occurrence of any of these strings; it is not part of the result. */
+  stop?: string | readonly string[];
+  /** Aborts generation: the promise rejects (the iterator throws) with the signal's reason. */
+  signal?: AbortSignal;
+  /** A prompt character outside the vocabulary: 'error' (default) or 'drop' it. */
+  unknownCharacters?: 'error' | 'drop';
+}
+
+export interface GenerateManyOptions extends GenerateOptions {
+  /** Independent samples from the same prompt (default 1); sample i uses the seed's stream i. */
+  numSamples?: number;
+}
+
+export type FinishReason = 'length' | 'stop';
+
+export interface GenerationResult {
+  /** The continuation, without the prompt and without the stop string. */
+  readonly text: string;
+  /** Tokens generated, the stop string's included. */
+  readonly tokens: number;
+  readonly finishReason: FinishReason;
+}
+
+/** Options checked and filled in; what the loop runs on. */
+export interface GenerationPlan {
+  readonly maxNewTokens: number;
+  readonly sampler: SamplerSettings;
+  readonly seed: number;
+  readonly stop: readonly string[];
+  readonly signal: AbortSignal | undefined;
+  readonly unknownCharacters: 'error' | 'drop';
+  readonly numSamples: number;
+}
+
+export function planGeneration(options: GenerateManyOptions | undefined, vocabSize: number): GenerationPlan {
+  if (options !== undefined && (typeof options !== 'object' || options === null)) {
+    throw invalidArgument('generation options must be an object');
+  }
+  const o = options ?? {};
+  const maxNewTokens = integerOption('maxNewTokens', o.maxNewTokens, GENERATION_DEFAULTS.maxNewTokens, 0, GENERATION_LIMITS.maxNewTokens);
+  const temperature = o.temperature ?? GENERATION_DEFAULTS.temperature;
+  if (typeof temperature !== 'number' || !Number.isFinite(temperature) || temperature < 0 || temperature > GENERATION_LIMITS.temperature) {
+    throw invalidArgument(
+      `temperature must be a number from 0 (greedy) to ${GENERATION_LIMITS.temperature}, got ${String(temperature)}`,
+    );
+  }
+  let topK: number | undefined;
+  if (o.topK !== null) {
+    topK = integerOption('topK', o.topK, GENERATION_DEFAULTS.topK, 1, Number.MAX_SAFE_INTEGER);
+    if (topK >= vocabSize) topK = undefined; // nanoGPT: min(top_k, vocab_size), i.e. keep all
+  }
+  let topP: number | undefined;
+  if (o.topP !== undefined) {
+    if (typeof o.topP !== 'number' || !(o.topP > 0 && o.topP <= 1)) {
+      throw invalidArgument(`topP must be a number in (0, 1], got ${String(o.topP)}`);
+    }
+    if (o.topP < 1) topP = o.topP;
+  }
+  const seed = o.seed === undefined ? randomInt(0, 2 ** 48 - 1) : integerOption('seed', o.seed, 0, 0, Number.MAX_SAFE_INTEGER);
+  const stop = stopStrings(o.stop);
+  if (o.signal !== undefined && !(o.signal instanceof AbortSignal)) throw invalidArgument('signal must be an AbortSignal');
+  const unknownCharacters = o.unknownCharacters ?? 'error';
+  if (unknownCharacters !== 'error' && unknownCharacters !== 'drop') {
+    throw invalidArgument(`unknownCharacters must be 'error' or 'drop', got ${String(unknownCharacters)}`);
+  }
+  const numSamples = integerOption('numSamples', o.numSamples, 1, 1, GENERATION_LIMITS.numSamples);
+  return {
+    maxNewTokens,
+    sampler: { temperature, topK, topP },
+    seed,
+    stop,
+    signal: o.signal,
+    unknownCharacters,
+    numSamples,
+  };
+}
+
+/** Checks a prompt's type and size before it is encoded. */
+export function checkPrompt(prompt: unknown): string {
+  if (typeof prompt !== 'string') throw invalidArgument(`prompt must be a string, got ${typeof prompt}`);
+  if (prompt.length === 0) {
+    throw invalidArgument('prompt is empty: give at least one character to start from (nanoGPT starts from "\\n")');
+  }
+  if (prompt.length > GENERATION_LIMITS.promptLength) {
+    throw invalidArgument(
+      `prompt is ${prompt.length} characters long; the limit is ${GENERATION_LIMITS.promptLength} (only the last blockSize tokens are used anyway)`,
+    );
+  }
+  return prompt;
+}
+
+function integerOption(name: string, value: unknown, fallback: number, min: number, max: number): number {
+  if (value === undefined) return fallback;
+  if (typeof value !== 'number' || !Number.isInteger(value) || value < min || value > max) {
+    throw invalidArgument(`${name} must be an integer from ${min} to ${max}, got ${String(value)}`);
+  }
+  return value;
+}
+
+function stopStrings(stop: unknown): string[] {
+  if (stop === undefined) return [];
+  const list = typeof stop === 'string' ? [stop] : stop;
+  if (!Array.isArray(list) || list.length > GENERATION_LIMITS.stopStrings) {
+    throw invalidArgument(`stop must be a string or an array of at most ${GENERATION_LIMITS.stopStrings} strings`);
+  }
+  for (const s of list) {
+    if (typeof s !== 'string' || s.length === 0 || s.length > GENERATION_LIMITS.stopStringLength) {
+      throw invalidArgument(`each stop string must be a non-empty string of at most ${GENERATION_LIMITS.stopStringLength} characters`);
+    }
+  }
+  return list as string[];
+}
+
+/**
+ * Generates one sample, yielding the text as it becomes final. Text that could be the start of a
+ * stop string is held back until it is known not to be one. Returns the whole result.
+ */
+export async function* generateSample(
+  runtime: ModelRuntime,
+  tokenizer: CharTokenizer,
+  promptIds: readonly number[],
+  plan: GenerationPlan,
+  sampleIndex: number,
+): AsyncGenerator<string, GenerationResult, void> {
+  const { blockSize, vocabSize } = runtime.config;
+  // A model may have more token ids than characters (nanoGPT pads vocab sizes): never sample those.
+  const usable = tokenizer.size;
+  const signal = plan.signal;
+  signal?.throwIfAborted();
+  const stopper = new StopMatcher(plan.stop);
+  if (plan.maxNewTokens === 0) return { text: '', tokens: 0, finishReason: 'length' };
+
+  const rng = new Rng(plan.seed, sampleIndex);
+  const sampler = new Sampler(usable);
+  // The window the model sees: the last blockSize tokens of prompt + continuation.
+  const window = new Int32Array(blockSize);
+  let windowLength = Math.min(promptIds.length, blockSize);
+  window.set(promptIds.slice(promptIds.length - windowLength));
+
+  const session = runtime.createSession();
+  try {
+    let logits = await session.prefill(window.subarray(0, windowLength));
+    for (let n = 1; ; n++) {
+      const u = plan.sampler.temperature === 0 ? 0 : rng.uniform();
+      const token = sampler.sample(usable === vocabSize ? logits : logits.subarray(0, usable), plan.sampler, u);
+      const ready = stopper.push(tokenizer.token(token));
+      if (ready.length > 0) yield ready;
+      if (stopper.stopped) return { text: stopper.text, tokens: n, finishReason: 'stop' };
+      if (n === plan.maxNewTokens) break;
+
+      // Yield to the event loop between tokens, so timers and I/O run even on the js backend.
+      await new Promise<void>((resolve) => setImmediate(resolve));
+      signal?.throwIfAborted();
+
+      if (windowLength < blockSize) {
+        window[windowLength++] = token;
+        logits = await session.decode(token);
+      } else {
+        window.copyWithin(0, 1);
+        window[blockSize - 1] = token;
+        session.reset();
+        logits = await session.prefill(window);
+      }
+    }
+  } finally {
+    session.dispose();
+  }
+  const rest = stopper.flush();
+  if (rest.length > 0) yield rest;
+  return { text: stopper.text, tokens: plan.maxNewTokens, finishReason: 'length' };
+}
+
+/** Finds stop strings in a growing text and says how much of the text is safe to emit. */
+export class StopMatcher {
+  private buffer = '';
+  private emitted = 0;
+  private end = -1;
+  private readonly longest: number;
+
+  constructor(private readonly stops: readonly string[]) {
+    this.longest = stops.reduce((m, s) => Math.max(m, s.length), 0);
+  }
+
+  get stopped(): boolean {
+    return this.end >= 0;
+  }
+
+  /** The final text so far (up to the stop string, once one was found). */
+  get text(): string {
+    return this.end >= 0 ? this.buffer.slice(0, this.end) : this.buffer;
+  }
+
+  /** Adds generated text and returns the part that is now final. */
+  push(piece: string): string {
+    if (this.end >= 0) return '';
+    this.buffer += piece;
+    if (this.stops.length === 0) return this.take(this.buffer.length);
+    const from = Math.max(0, this.buffer.length - piece.length - this.longest + 1);
+    let first = -1;
+    for (const s of this.stops) {
+      const at = this.buffer.indexOf(s, from);
+      if (at >= 0 && (first < 0 || at < first)) first = at;
+    }
+    if (first >= 0) {
+      this.end = first;
+      return this.take(first);
+    }
+    return this.take(this.buffer.length - this.heldBack());
+  }
+
+  /** The rest of the text, at the end of generation. */
+  flush(): string {
+    return this.end >= 0 ? '' : this.take(this.buffer.length);
+  }
+
+  /** Length of the longest suffix of the buffer that begins some stop string. */
+  private heldBack(): number {
+    const max = Math.min(this.longest - 1, this.buffer.length - this.emitted);
+    for (let n = max; n > 0; n--) {
+      const tail = this.buffer.slice(this.buffer.length - n);
+      if (this.stops.some((s) => s.startsWith(tail))) return n;
+    }
+    return 0;
+  }
+
+  private take(upTo: number): string {
+    if (upTo <= this.emitted) return '';
+    const out = this.buffer.slice(this.emitted, upTo);
+    this.emitted = upTo;
+    return out;
+  }
+}

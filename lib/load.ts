@@ -1,0 +1,120 @@
+import { open, stat } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
+import { resolveBackend } from './backends/index.js';
+import type { BackendChoice } from './backends/types.js';
+import type { ModelConfig } from './config.js';
+import { MicroGPTError, badCheckpoint, invalidArgument } from './errors.js';
+import { readSafetensors } from './formats/safetensors.js';
+import { readMetaPkl, readTorchCheckpoint } from './formats/torch-checkpoint.js';
+import { Model, type ModelSourceInfo } from './model.js';
+import { CharTokenizer } from './tokenizer.js';
+import { assembleWeights, type ModelWeights } from './weights.js';
+
+export interface LoadOptions {
+  /** nanoGPT's meta.pkl (the vocabulary) for a ckpt.pt; by default looked for beside the checkpoint. */
+  meta?: string;
+  /** Engine: 'auto' (default) takes the fastest available. */
+  backend?: BackendChoice;
+  /** Worker threads for engines that use them (default: the available parallelism). */
+  threads?: number;
+}
+
+/** A model read from disk, before an engine holds it. */
+export interface ModelFile {
+  readonly config: ModelConfig;
+  readonly weights: ModelWeights;
+  readonly vocab: string[];
+  readonly info: ModelSourceInfo;
+}
+
+/**
+ * Loads a model: a `.safetensors` file of ours, a nanoGPT `ckpt.pt`, or a nanoGPT out_dir
+ * holding one.
+ */
+export async function loadModel(source: string, options: LoadOptions = {}): Promise<Model> {
+  if (typeof options !== 'object' || options === null) throw invalidArgument('loadModel options must be an object');
+  if (options.threads !== undefined && (!Number.isInteger(options.threads) || options.threads < 1 || options.threads > 1024)) {
+    throw invalidArgument(`threads must be an integer from 1 to 1024, got ${String(options.threads)}`);
+  }
+  const backend = resolveBackend(options.backend ?? 'auto');
+  const file = await readModelFile(source, options.meta);
+  const tokenizer = new CharTokenizer(file.vocab);
+  const runtime = await backend.load(file.config, file.weights, options.threads === undefined ? {} : { threads: options.threads });
+  return new Model(runtime, tokenizer, file.info);
+}
+
+/** Reads and validates a model file of any supported format. */
+export async function readModelFile(source: string, meta?: string): Promise<ModelFile> {
+  if (typeof source !== 'string' || source.length === 0) throw invalidArgument('model source must be a path');
+  const path = await checkpointPath(source);
+  const format = await sniffFormat(path);
+  if (format === 'safetensors') {
+    const model = await readSafetensors(path);
+    return {
+      config: model.config,
+      weights: model.weights,
+      vocab: model.vocab,
+      info: { path, format, storedDType: model.storedDType, metadata: model.metadata },
+    };
+  }
+  const checkpoint = await readTorchCheckpoint(path);
+  const weights = assembleWeights(checkpoint.config, checkpoint.tensors, path);
+  const metaPath = meta ?? (await findMeta(path, checkpoint.dataset));
+  const vocab = await readMetaPkl(metaPath);
+  if (vocab.length > checkpoint.config.vocabSize) {
+    throw badCheckpoint(metaPath, `holds ${vocab.length} characters but the model in ${path} has vocabSize ${checkpoint.config.vocabSize}`);
+  }
+  const metadata: Record<string, string> = {};
+  if (checkpoint.iterNum !== null) metadata['iterNum'] = String(checkpoint.iterNum);
+  if (checkpoint.bestValLoss !== null) metadata['bestValLoss'] = String(checkpoint.bestValLoss);
+  return {
+    config: checkpoint.config,
+    weights,
+    vocab,
+    info: { path, format: 'nanogpt-checkpoint', storedDType: checkpoint.storedDType, metadata },
+  };
+}
+
+/** A directory is a nanoGPT out_dir: its ckpt.pt. */
+async function checkpointPath(source: string): Promise<string> {
+  const info = await stat(source).catch((error: NodeJS.ErrnoException) => {
+    throw new MicroGPTError('ERR_INVALID_ARGUMENT', `cannot read model ${source}: ${error.code === 'ENOENT' ? 'no such file or directory' : error.message}`);
+  });
+  if (!info.isDirectory()) return source;
+  const ckpt = join(source, 'ckpt.pt');
+  const found = await stat(ckpt).then((s) => s.isFile()).catch(() => false);
+  if (!found) throw invalidArgument(`${source} is a directory without a ckpt.pt: give a .safetensors file, a ckpt.pt or a nanoGPT out_dir`);
+  return ckpt;
+}
+
+async function sniffFormat(path: string): Promise<'safetensors' | 'torch-zip'> {
+  const handle = await open(path, 'r');
+  const head = Buffer.alloc(8);
+  try {
+    await handle.read(head, 0, 8, 0);
+  } finally {
+    await handle.close();
+  }
+  if (head[0] === 0x50 && head[1] === 0x4b && head[2] === 0x03 && head[3] === 0x04) return 'torch-zip';
+  if (head[0] === 0x80 && head[1] !== undefined && head[1] <= 5) {
+    throw badCheckpoint(path, 'is a legacy (pre-1.6) PyTorch file; load it with torch and re-save it with a current torch.save, or convert it to safetensors');
+  }
+  return 'safetensors';
+}
+
+/**
+ * nanoGPT keeps meta.pkl in data/<dataset>/ of its repository and the checkpoint in out_dir/; its
+ * sample.py looks in data/<config.dataset>/. Look beside the checkpoint, then there, relative to
+ * the working directory and to the out_dir's parent.
+ */
+async function findMeta(checkpoint: string, dataset: string | null): Promise<string> {
+  const dir = dirname(checkpoint);
+  const candidates = [join(dir, 'meta.pkl')];
+  if (dataset !== null) candidates.push(join('data', dataset, 'meta.pkl'), join(dir, '..', 'data', dataset, 'meta.pkl'));
+  for (const candidate of candidates) {
+    if (await stat(candidate).then((s) => s.isFile()).catch(() => false)) return candidate;
+  }
+  throw invalidArgument(
+    `no vocabulary for ${checkpoint}: looked for ${candidates.join(', ')}; pass the meta.pkl that nanoGPT's prepare.py wrote (option meta, or --meta)`,
+  );
+}

@@ -1,0 +1,147 @@
+import { parameterCount, type ModelConfig } from './config.js';
+import type { BackendName, ModelRuntime } from './backends/types.js';
+import { MicroGPTError, invalidArgument } from './errors.js';
+import {
+  checkPrompt,
+  generateSample,
+  planGeneration,
+  type GenerateManyOptions,
+  type GenerateOptions,
+  type GenerationPlan,
+  type GenerationResult,
+} from './generate.js';
+import type { EncodeOptions } from './tokenizer.js';
+import { CharTokenizer } from './tokenizer.js';
+
+/** Where a model came from, for `microgpt info` and diagnostics. */
+export interface ModelSourceInfo {
+  readonly path: string;
+  readonly format: 'safetensors' | 'nanogpt-checkpoint';
+  /** Element type of the stored weights (they are computed in float32). */
+  readonly storedDType: string;
+  /** Extra metadata strings (safetensors) or checkpoint facts (iter_num, best_val_loss). */
+  readonly metadata: Readonly<Record<string, string>>;
+}
+
+/** A loaded model: tokenizer, config and an engine holding the weights. */
+export class Model {
+  readonly config: ModelConfig;
+  readonly tokenizer: CharTokenizer;
+  readonly source: ModelSourceInfo;
+  private runtime: ModelRuntime | null;
+
+  constructor(runtime: ModelRuntime, tokenizer: CharTokenizer, source: ModelSourceInfo) {
+    if (tokenizer.size > runtime.config.vocabSize) {
+      throw invalidArgument(`the vocabulary has ${tokenizer.size} characters but the model only ${runtime.config.vocabSize} token ids`);
+    }
+    this.runtime = runtime;
+    this.config = runtime.config;
+    this.tokenizer = tokenizer;
+    this.source = source;
+  }
+
+  /** The engine running the forward pass. */
+  get backend(): BackendName {
+    return this.live().backend;
+  }
+
+  /** Parameters, the tied lm_head counted once (as nanoGPT reports them). */
+  get parameterCount(): number {
+    return parameterCount(this.config);
+  }
+
+  encode(text: string, options?: EncodeOptions): number[] {
+    if (typeof text !== 'string') throw invalidArgument(`text must be a string, got ${typeof text}`);
+    return this.tokenizer.encode(text, options);
+  }
+
+  decode(ids: ArrayLike<number>): string {
+    return this.tokenizer.decode(ids);
+  }
+
+  /**
+   * Logits of every position of `ids` (1 to blockSize token ids), row-major [ids.length, vocabSize].
+   */
+  async logits(ids: ArrayLike<number>): Promise<Float32Array> {
+    const runtime = this.live();
+    return runtime.forward(this.checkIds(ids));
+  }
+
+  /** The continuation of `prompt` (without the prompt). */
+  async generate(prompt: string, options?: GenerateOptions): Promise<string> {
+    return (await this.complete(prompt, options)).text;
+  }
+
+  /** Like generate, with the token count and why it stopped. */
+  async complete(prompt: string, options?: GenerateOptions): Promise<GenerationResult> {
+    const { promptIds, plan } = this.prepare(prompt, { ...options, numSamples: 1 });
+    return drain(generateSample(this.live(), this.tokenizer, promptIds, plan, 0));
+  }
+
+  /** `numSamples` independent continuations of one prompt; sample i uses the seed's stream i. */
+  async generateMany(prompt: string, options?: GenerateManyOptions): Promise<string[]> {
+    return (await this.completeMany(prompt, options)).map((r) => r.text);
+  }
+
+  /** Like generateMany, with each sample's token count and finish reason. */
+  async completeMany(prompt: string, options?: GenerateManyOptions): Promise<GenerationResult[]> {
+    const { promptIds, plan } = this.prepare(prompt, options);
+    const runtime = this.live();
+    const samples: Promise<GenerationResult>[] = [];
+    for (let i = 0; i < plan.numSamples; i++) samples.push(drain(generateSample(runtime, this.tokenizer, promptIds, plan, i)));
+    return Promise.all(samples);
+  }
+
+  /**
+   * The continuation as it is generated, in pieces: `for await (const piece of model.stream(...))`.
+   * Options are checked now; the generator's return value is the GenerationResult.
+   */
+  stream(prompt: string, options?: GenerateOptions): AsyncGenerator<string, GenerationResult, void> {
+    const { promptIds, plan } = this.prepare(prompt, { ...options, numSamples: 1 });
+    return generateSample(this.live(), this.tokenizer, promptIds, plan, 0);
+  }
+
+  /** Frees the engine's memory; the model cannot be used afterwards. */
+  dispose(): void {
+    this.runtime?.dispose();
+    this.runtime = null;
+  }
+
+  private prepare(prompt: string, options: GenerateManyOptions | undefined): { promptIds: number[]; plan: GenerationPlan } {
+    const plan = planGeneration(options, this.tokenizer.size);
+    const promptIds = this.tokenizer.encode(checkPrompt(prompt), { unknown: plan.unknownCharacters });
+    if (promptIds.length === 0) throw invalidArgument('prompt has no character of the vocabulary left after dropping unknown ones');
+    return { promptIds, plan };
+  }
+
+  private checkIds(ids: ArrayLike<number>): Int32Array {
+    if (ids === null || typeof ids !== 'object' || typeof ids.length !== 'number') {
+      throw invalidArgument('ids must be an array of token ids');
+    }
+    const { blockSize, vocabSize } = this.config;
+    if (ids.length < 1 || ids.length > blockSize) {
+      throw invalidArgument(`ids must hold 1 to blockSize (${blockSize}) token ids, got ${ids.length}`);
+    }
+    const out = new Int32Array(ids.length);
+    for (let i = 0; i < ids.length; i++) {
+      const id = ids[i];
+      if (typeof id !== 'number' || !Number.isInteger(id) || id < 0 || id >= vocabSize) {
+        throw invalidArgument(`ids[${i}] = ${String(id)} is not a token id (an integer from 0 to ${vocabSize - 1})`);
+      }
+      out[i] = id;
+    }
+    return out;
+  }
+
+  private live(): ModelRuntime {
+    if (this.runtime === null) throw new MicroGPTError('ERR_DISPOSED', 'the model has been disposed');
+    return this.runtime;
+  }
+}
+
+async function drain(gen: AsyncGenerator<string, GenerationResult, void>): Promise<GenerationResult> {
+  for (;;) {
+    const step = await gen.next();
+    if (step.done === true) return step.value;
+  }
+}

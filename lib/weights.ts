@@ -1,0 +1,174 @@
+import type { ModelConfig } from './config.js';
+import { badCheckpoint } from './errors.js';
+
+/** A dense row-major float32 tensor. */
+export interface Tensor {
+  readonly shape: readonly number[];
+  readonly data: Float32Array;
+}
+
+/**
+ * The learned parameters of one transformer block, in PyTorch's layout: a Linear weight is
+ * [outFeatures, inFeatures] and computes y = x W^T + b. Biases are null when config.bias is false.
+ */
+export interface LayerWeights {
+  readonly ln1Weight: Float32Array; // (C)
+  readonly ln1Bias: Float32Array | null; // (C)
+  readonly attnWeight: Float32Array; // (3C, C): rows are q, then k, then v
+  readonly attnBias: Float32Array | null; // (3C)
+  readonly attnProjWeight: Float32Array; // (C, C)
+  readonly attnProjBias: Float32Array | null; // (C)
+  readonly ln2Weight: Float32Array; // (C)
+  readonly ln2Bias: Float32Array | null; // (C)
+  readonly mlpFcWeight: Float32Array; // (4C, C)
+  readonly mlpFcBias: Float32Array | null; // (4C)
+  readonly mlpProjWeight: Float32Array; // (C, 4C)
+  readonly mlpProjBias: Float32Array | null; // (C)
+}
+
+/** All parameters of a model. lm_head is tied to the token embedding, so it is `wte`. */
+export interface ModelWeights {
+  readonly wte: Float32Array; // (vocabSize, C)
+  readonly wpe: Float32Array; // (blockSize, C)
+  readonly layers: readonly LayerWeights[];
+  readonly lnfWeight: Float32Array; // (C)
+  readonly lnfBias: Float32Array | null; // (C)
+}
+
+/**
+ * The tensors a checkpoint must hold, with nanoGPT's state_dict names and shapes. This list is
+ * the single definition of the model's parameters: loaders check against it and writers follow it.
+ */
+export function expectedTensors(config: ModelConfig): Map<string, number[]> {
+  const C = config.nEmbd;
+  const out = new Map<string, number[]>();
+  out.set('transformer.wte.weight', [config.vocabSize, C]);
+  out.set('transformer.wpe.weight', [config.blockSize, C]);
+  const linear = (name: string, outF: number, inF: number) => {
+    out.set(`${name}.weight`, [outF, inF]);
+    if (config.bias) out.set(`${name}.bias`, [outF]);
+  };
+  const layerNorm = (name: string) => {
+    out.set(`${name}.weight`, [C]);
+    if (config.bias) out.set(`${name}.bias`, [C]);
+  };
+  for (let i = 0; i < config.nLayer; i++) {
+    const p = `transformer.h.${i}`;
+    layerNorm(`${p}.ln_1`);
+    linear(`${p}.attn.c_attn`, 3 * C, C);
+    linear(`${p}.attn.c_proj`, C, C);
+    layerNorm(`${p}.ln_2`);
+    linear(`${p}.mlp.c_fc`, 4 * C, C);
+    linear(`${p}.mlp.c_proj`, C, 4 * C);
+  }
+  layerNorm('transformer.ln_f');
+  return out;
+}
+
+/**
+ * Checks a name → tensor map against the config (every tensor present, right shape, finite, no
+ * strangers) and arranges it for the backends. `source` names the file in error messages.
+ */
+export function assembleWeights(config: ModelConfig, tensors: ReadonlyMap<string, Tensor>, source: string): ModelWeights {
+  const expected = expectedTensors(config);
+  for (const name of tensors.keys()) {
+    if (!expected.has(name)) {
+      throw badCheckpoint(source, `unexpected tensor "${name}" for a model with ${describeConfig(config)}`);
+    }
+  }
+  const get = (name: string): Float32Array => {
+    const shape = expected.get(name);
+    const tensor = tensors.get(name);
+    if (shape === undefined) throw new Error(`internal: ${name} is not a parameter`);
+    if (tensor === undefined) {
+      throw badCheckpoint(source, `missing tensor "${name}" (expected shape [${shape.join(', ')}])`);
+    }
+    if (!sameShape(tensor.shape, shape)) {
+      throw badCheckpoint(
+        source,
+        `tensor "${name}" has shape [${tensor.shape.join(', ')}], expected [${shape.join(', ')}] for ${describeConfig(config)}`,
+      );
+    }
+    const bad = firstNonFinite(tensor.data);
+    if (bad >= 0) {
+      throw badCheckpoint(source, `tensor "${name}" holds ${tensor.data[bad]} at flat index ${bad}; weights must be finite`);
+    }
+    return tensor.data;
+  };
+  const optional = (name: string): Float32Array | null => (config.bias ? get(name) : null);
+  const layers: LayerWeights[] = [];
+  for (let i = 0; i < config.nLayer; i++) {
+    const p = `transformer.h.${i}`;
+    layers.push({
+      ln1Weight: get(`${p}.ln_1.weight`),
+      ln1Bias: optional(`${p}.ln_1.bias`),
+      attnWeight: get(`${p}.attn.c_attn.weight`),
+      attnBias: optional(`${p}.attn.c_attn.bias`),
+      attnProjWeight: get(`${p}.attn.c_proj.weight`),
+      attnProjBias: optional(`${p}.attn.c_proj.bias`),
+      ln2Weight: get(`${p}.ln_2.weight`),
+      ln2Bias: optional(`${p}.ln_2.bias`),
+      mlpFcWeight: get(`${p}.mlp.c_fc.weight`),
+      mlpFcBias: optional(`${p}.mlp.c_fc.bias`),
+      mlpProjWeight: get(`${p}.mlp.c_proj.weight`),
+      mlpProjBias: optional(`${p}.mlp.c_proj.bias`),
+    });
+  }
+  return {
+    wte: get('transformer.wte.weight'),
+    wpe: get('transformer.wpe.weight'),
+    layers,
+    lnfWeight: get('transformer.ln_f.weight'),
+    lnfBias: optional('transformer.ln_f.bias'),
+  };
+}
+
+/** The inverse of assembleWeights: nanoGPT names and shapes, in state_dict order, for writers. */
+export function namedTensors(config: ModelConfig, weights: ModelWeights): Map<string, Tensor> {
+  const flat = new Map<string, Float32Array>();
+  flat.set('transformer.wte.weight', weights.wte);
+  flat.set('transformer.wpe.weight', weights.wpe);
+  weights.layers.forEach((l, i) => {
+    const p = `transformer.h.${i}`;
+    const put = (name: string, data: Float32Array | null) => {
+      if (data !== null) flat.set(`${p}.${name}`, data);
+    };
+    put('ln_1.weight', l.ln1Weight);
+    put('ln_1.bias', l.ln1Bias);
+    put('attn.c_attn.weight', l.attnWeight);
+    put('attn.c_attn.bias', l.attnBias);
+    put('attn.c_proj.weight', l.attnProjWeight);
+    put('attn.c_proj.bias', l.attnProjBias);
+    put('ln_2.weight', l.ln2Weight);
+    put('ln_2.bias', l.ln2Bias);
+    put('mlp.c_fc.weight', l.mlpFcWeight);
+    put('mlp.c_fc.bias', l.mlpFcBias);
+    put('mlp.c_proj.weight', l.mlpProjWeight);
+    put('mlp.c_proj.bias', l.mlpProjBias);
+  });
+  flat.set('transformer.ln_f.weight', weights.lnfWeight);
+  if (weights.lnfBias !== null) flat.set('transformer.ln_f.bias', weights.lnfBias);
+  const out = new Map<string, Tensor>();
+  for (const [name, shape] of expectedTensors(config)) {
+    const data = flat.get(name);
+    if (data === undefined) throw new Error(`internal: weights lack ${name}`);
+    out.set(name, { shape, data });
+  }
+  return out;
+}
+
+export function describeConfig(c: ModelConfig): string {
+  return `nLayer=${c.nLayer} nHead=${c.nHead} nEmbd=${c.nEmbd} blockSize=${c.blockSize} vocabSize=${c.vocabSize} bias=${c.bias}`;
+}
+
+function sameShape(a: readonly number[], b: readonly number[]): boolean {
+  return a.length === b.length && a.every((d, i) => d === b[i]);
+}
+
+function firstNonFinite(data: Float32Array): number {
+  for (let i = 0; i < data.length; i++) {
+    const v = data[i] as number;
+    if (v - v !== 0) return i; // NaN and ±Infinity
+  }
+  return -1;
+}

@@ -1,0 +1,139 @@
+// The microgpt command, run as a user runs it: a separate process, stdout and stderr apart.
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import { readSafetensors } from '../lib/index.js';
+import { ROOT, expected, fixture } from './helpers.js';
+
+const CLI = join(ROOT, 'dist', 'lib', 'cli.js');
+
+function run(...args: string[]): { status: number | null; stdout: string; stderr: string } {
+  const r = spawnSync(process.execPath, [CLI, ...args], { encoding: 'utf8', timeout: 60_000 });
+  return { status: r.status, stdout: r.stdout, stderr: r.stderr };
+}
+
+/** A failed command: exit code 1 and one line on stderr naming the problem, no stack trace. */
+function fails(message: RegExp, ...args: string[]): void {
+  const r = run(...args);
+  assert.equal(r.status, 1, `exit code for ${args.join(' ')}: ${r.stderr}`);
+  assert.equal(r.stdout, '');
+  const lines = r.stderr.trimEnd().split('\n');
+  assert.equal(lines.length, 1, `stderr has ${lines.length} lines:\n${r.stderr}`);
+  assert.match(lines[0]!, /^microgpt: /);
+  assert.match(lines[0]!, message);
+}
+
+const e = expected('tiny-bias');
+const modelDir = fixture('models', 'tiny-bias');
+let dir: string;
+before(async () => {
+  dir = await mkdtemp(join(tmpdir(), 'microgpt-cli-'));
+});
+after(async () => {
+  await rm(dir, { recursive: true, force: true });
+});
+
+describe('microgpt generate', () => {
+  test('prints only the continuation on stdout', () => {
+    const r = run('generate', '--model', modelDir, '--prompt', e.greedy.prompt, '--temperature', '0', '--max-new-tokens', String(e.greedy.maxNewTokens));
+    assert.equal(r.status, 0, r.stderr);
+    assert.equal(r.stdout, e.greedy.continuation);
+    assert.match(r.stderr, /tokens\/s, js backend/);
+  });
+
+  test('--json gives text, tokens, backend and speed in one object', () => {
+    const s = e.sampled[0]!;
+    const r = run('generate', '--model', join(modelDir, 'ckpt.pt'), '--meta', join(modelDir, 'meta.pkl'), '--prompt', e.greedy.prompt,
+      '--seed', String(s.seed), '--temperature', String(s.temperature), '--top-k', String(s.topK), '--max-new-tokens', String(s.maxNewTokens), '--json');
+    assert.equal(r.status, 0, r.stderr);
+    const out = JSON.parse(r.stdout) as Record<string, unknown>;
+    assert.equal(out['text'], s.continuation);
+    assert.equal(out['tokens'], s.maxNewTokens);
+    assert.equal(out['backend'], 'js');
+    assert.equal(typeof out['tokensPerSecond'], 'number');
+    assert.ok((out['tokensPerSecond'] as number) > 0);
+  });
+
+  test('--num-samples draws the seed streams of generateMany', () => {
+    const s = e.sampled[0]!;
+    const args = ['generate', '--model', modelDir, '--prompt', e.greedy.prompt, '--seed', String(s.seed), '--temperature', String(s.temperature),
+      '--top-k', String(s.topK), '--max-new-tokens', String(s.samples.maxNewTokens), '--num-samples', '3'];
+    const json = run(...args, '--json');
+    assert.equal(json.status, 0, json.stderr);
+    const out = JSON.parse(json.stdout) as { samples: { text: string }[] };
+    assert.deepEqual(out.samples.map((x) => x.text), s.samples.continuations);
+    const plain = run(...args);
+    assert.equal(plain.stdout, s.samples.continuations.join('\n---------------\n'));
+  });
+
+  test('--stop ends the text before the stop string', () => {
+    const stop = e.greedy.continuation.slice(10, 12);
+    const r = run('generate', '--model', modelDir, '--prompt', e.greedy.prompt, '--temperature', '0', '--max-new-tokens', '40', '--stop', stop);
+    assert.equal(r.status, 0, r.stderr);
+    assert.equal(r.stdout, e.greedy.continuation.slice(0, e.greedy.continuation.indexOf(stop)));
+  });
+
+  test('errors are one line and exit code 1', () => {
+    fails(/--model PATH is required/, 'generate', '--prompt', 'hi');
+    fails(/cannot read model \/nonexistent\/model\.safetensors: no such file or directory/, 'generate', '--model', '/nonexistent/model.safetensors');
+    fails(/temperature must be a number from 0 \(greedy\) to 100, got -1/, 'generate', '--model', modelDir, '--temperature=-1');
+    fails(/--top-k must be a number, got "many"/, 'generate', '--model', modelDir, '--top-k', 'many');
+    fails(/topK must be an integer from 1/, 'generate', '--model', modelDir, '--top-k', '0');
+    fails(/maxNewTokens must be an integer from 0 to 1000000/, 'generate', '--model', modelDir, '--max-new-tokens', '1e12');
+    fails(/Unknown option '--frobnicate'/, 'generate', '--model', modelDir, '--frobnicate');
+    fails(/character 'Ω' \(U\+03A9\) at position 2 is not in the model's vocabulary/, 'generate', '--model', modelDir, '--prompt', 'abΩ');
+    fails(/backend 'native' is not available/, 'generate', '--model', modelDir, '--backend', 'native');
+    fails(/backend must be one of auto, js, native, cuda, got "gpu"/, 'generate', '--model', modelDir, '--backend', 'gpu');
+    fails(/unknown command "frobnicate"/, 'frobnicate');
+  });
+
+  test('a corrupt model file is one line too', async () => {
+    const path = join(dir, 'corrupt.safetensors');
+    await writeFile(path, Buffer.from([1, 0, 0, 0, 0, 0, 0, 0, 0x7b]));
+    fails(/corrupt\.safetensors: the safetensors header is not valid UTF-8 JSON/, 'generate', '--model', path);
+  });
+});
+
+describe('microgpt info', () => {
+  test('--json describes config, parameters, vocabulary and format', () => {
+    const r = run('info', '--model', modelDir, '--json');
+    assert.equal(r.status, 0, r.stderr);
+    const out = JSON.parse(r.stdout) as Record<string, any>;
+    assert.deepEqual(out['config'], e.config);
+    assert.equal(out['parameters'], e.parameters);
+    assert.equal(out['format'], 'nanogpt-checkpoint');
+    assert.equal(out['storedDType'], 'F32');
+    assert.equal(out['vocabularySize'], 65);
+    assert.equal(out['metadata']['iterNum'], '300');
+  });
+
+  test('prints a readable summary', () => {
+    const r = run('info', '--model', fixture('models', 'tiny-nobias-f16.safetensors'));
+    assert.equal(r.status, 0, r.stderr);
+    assert.match(r.stdout, /format\s+safetensors \(F16 weights, computed in float32\)/);
+    assert.match(r.stdout, /shape\s+3 layers, 3 heads, 36 wide, block 24, vocab 65, bias false/);
+    assert.match(r.stdout, /parameters\s+50,112/);
+  });
+});
+
+describe('microgpt convert', () => {
+  test('a nanoGPT checkpoint becomes safetensors that generates the same text', async () => {
+    const f16 = expected('tiny-nobias-f16');
+    const out = join(dir, 'converted.safetensors');
+    const r = run('convert', '--model', fixture('models', 'tiny-nobias-f16'), '--out', out, '--dtype', 'f16');
+    assert.equal(r.status, 0, r.stderr);
+    const model = await readSafetensors(out);
+    assert.equal(model.storedDType, 'F16');
+    assert.equal(model.metadata['convertedFrom'], 'nanogpt-checkpoint');
+    const g = run('generate', '--model', out, '--prompt', f16.greedy.prompt, '--temperature', '0', '--max-new-tokens', String(f16.greedy.maxNewTokens));
+    assert.equal(g.stdout, f16.greedy.continuation);
+  });
+
+  test('needs --out and a known dtype', () => {
+    fails(/convert needs --out/, 'convert', '--model', modelDir);
+    fails(/--dtype must be f32, f16 or bf16, got "int8"/, 'convert', '--model', modelDir, '--out', join(dir, 'x.safetensors'), '--dtype', 'int8');
+  });
+});
