@@ -4,10 +4,13 @@
  * naming the problem and exits with code 1.
  */
 import { readFileSync } from 'node:fs';
-import { readFile, stat } from 'node:fs/promises';
+import { readFile, stat, writeFile } from 'node:fs/promises';
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { availableBackends } from './backends/index.js';
-import type { BackendChoice } from './backends/types.js';
+import type { BackendChoice, BackendName } from './backends/types.js';
+import { benchChartSvg } from './bench/chart.js';
+import { formatBenchReport } from './bench/report.js';
+import { runBench } from './bench/run.js';
 import { MicroGPTError } from './errors.js';
 import type { GenerationResult } from './generate.js';
 import { readSafetensors, writeSafetensors, type WritableDType } from './formats/safetensors.js';
@@ -26,6 +29,9 @@ Commands:
             Describes a model: config, parameters, vocabulary, format.
   convert   --model PATH [--meta meta.pkl] --out FILE.safetensors [--dtype f32|f16|bf16]
             Writes a nanoGPT checkpoint (or any model) as microgpt's safetensors.
+  bench     [--shape char-10M|gpt2-124M]... [--backend B]... [--runs N] [--threads N] [--json]
+            [--chart FILE.svg]
+            Tokens/s of decode and prefill, GEMM GFLOP/s, per engine, random weights.
   eval      --model PATH [--meta meta.pkl] --data FILE [--split all|val] [--backend B] [--json]
             Mean cross-entropy and perplexity of the model over a text file, in
             non-overlapping windows of blockSize (--split val: nanoGPT's last 10%).
@@ -54,6 +60,8 @@ async function main(argv: string[]): Promise<void> {
       return convert(rest);
     case 'eval':
       return evalCommand(rest);
+    case 'bench':
+      return benchCommand(rest);
     case '--version':
     case '-v':
       process.stdout.write(`${packageVersion()}\n`);
@@ -65,7 +73,7 @@ async function main(argv: string[]): Promise<void> {
       process.stdout.write(`${USAGE}\n`);
       return;
     default:
-      throw new UsageError(`unknown command "${command}" (commands: generate, info, convert, eval; see microgpt --help)`);
+      throw new UsageError(`unknown command "${command}" (commands: generate, info, convert, eval, bench; see microgpt --help)`);
   }
 }
 
@@ -233,6 +241,28 @@ async function evalCommand(args: string[]): Promise<void> {
   } finally {
     model.dispose();
   }
+}
+
+async function benchCommand(args: string[]): Promise<void> {
+  const { values } = parse(args, {
+    shape: { type: 'string', multiple: true },
+    backend: { type: 'string', multiple: true },
+    runs: { type: 'string' },
+    threads: { type: 'string' },
+    json: { type: 'boolean' },
+    chart: { type: 'string' },
+    help: { type: 'boolean', short: 'h' },
+  });
+  if (values['help'] === true) return void process.stdout.write(`${USAGE}\n`);
+  const report = await runBench({
+    ...(Array.isArray(values['shape']) ? { shapes: values['shape'] as string[] } : {}),
+    ...(Array.isArray(values['backend']) ? { backends: values['backend'] as BackendName[] } : {}),
+    ...optionalNumber(values, 'runs', 'runs'),
+    ...optionalNumber(values, 'threads', 'threads'),
+    log: (line) => process.stderr.write(`${line}\n`),
+  });
+  process.stdout.write(values['json'] === true ? `${JSON.stringify(report, null, 2)}\n` : `${formatBenchReport(report)}\n`);
+  if (typeof values['chart'] === 'string') await writeFile(values['chart'], benchChartSvg(report));
 }
 
 function parse(args: string[], options: Options): { values: Record<string, unknown> } {

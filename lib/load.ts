@@ -2,13 +2,13 @@ import { open, stat } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { resolveBackend } from './backends/index.js';
 import type { BackendChoice } from './backends/types.js';
-import type { ModelConfig } from './config.js';
+import { validateConfig, type ModelConfig } from './config.js';
 import { MicroGPTError, badCheckpoint, invalidArgument } from './errors.js';
 import { readSafetensors } from './formats/safetensors.js';
 import { readMetaPkl, readTorchCheckpoint } from './formats/torch-checkpoint.js';
 import { Model, type ModelSourceInfo } from './model.js';
 import { CharTokenizer } from './tokenizer.js';
-import { assembleWeights, type ModelWeights } from './weights.js';
+import { assembleWeights, namedTensors, type ModelWeights } from './weights.js';
 
 export interface LoadOptions {
   /** nanoGPT's meta.pkl (the vocabulary) for a ckpt.pt; by default looked for beside the checkpoint. */
@@ -32,15 +32,9 @@ export interface ModelFile {
  * holding one.
  */
 export async function loadModel(source: string, options: LoadOptions = {}): Promise<Model> {
-  if (typeof options !== 'object' || options === null) throw invalidArgument('loadModel options must be an object');
-  if (options.threads !== undefined && (!Number.isInteger(options.threads) || options.threads < 1 || options.threads > 1024)) {
-    throw invalidArgument(`threads must be an integer from 1 to 1024, got ${String(options.threads)}`);
-  }
-  const backend = resolveBackend(options.backend ?? 'auto');
+  checkLoadOptions(options);
   const file = await readModelFile(source, options.meta);
-  const tokenizer = new CharTokenizer(file.vocab);
-  const runtime = await backend.load(file.config, file.weights, options.threads === undefined ? {} : { threads: options.threads });
-  return new Model(runtime, tokenizer, file.info);
+  return instantiate(file.config, file.weights, file.vocab, file.info, options);
 }
 
 /** Reads and validates a model file of any supported format. */
@@ -87,7 +81,7 @@ async function checkpointPath(source: string): Promise<string> {
   return ckpt;
 }
 
-async function sniffFormat(path: string): Promise<'safetensors' | 'torch-zip'> {
+async function sniffFormat(path: string): Promise<'safetensors' | 'torch'> {
   const handle = await open(path, 'r');
   const head = Buffer.alloc(8);
   try {
@@ -95,10 +89,10 @@ async function sniffFormat(path: string): Promise<'safetensors' | 'torch-zip'> {
   } finally {
     await handle.close();
   }
-  if (head[0] === 0x50 && head[1] === 0x4b && head[2] === 0x03 && head[3] === 0x04) return 'torch-zip';
-  if (head[0] === 0x80 && head[1] !== undefined && head[1] <= 5) {
-    throw badCheckpoint(path, 'is a legacy (pre-1.6) PyTorch file; load it with torch and re-save it with a current torch.save, or convert it to safetensors');
-  }
+  // A zip is a torch.save archive; a bare pickle (0x80 PROTO) is a legacy torch file or not a
+  // checkpoint at all: the torch reader says which. Anything else must be safetensors.
+  if (head[0] === 0x50 && head[1] === 0x4b && head[2] === 0x03 && head[3] === 0x04) return 'torch';
+  if (head[0] === 0x80) return 'torch';
   return 'safetensors';
 }
 
@@ -117,4 +111,47 @@ async function findMeta(checkpoint: string, dataset: string | null): Promise<str
   throw invalidArgument(
     `no vocabulary for ${checkpoint}: looked for ${candidates.join(', ')}; pass the meta.pkl that nanoGPT's prepare.py wrote (option meta, or --meta)`,
   );
+}
+
+/**
+ * A model from weights in memory (random weights for a benchmark, weights from your own training
+ * code): checked like a file's, then handed to an engine.
+ */
+export async function createModel(
+  config: ModelConfig,
+  weights: ModelWeights,
+  vocab: readonly string[],
+  options: Omit<LoadOptions, 'meta'> & { name?: string } = {},
+): Promise<Model> {
+  checkLoadOptions(options);
+  const name = options.name ?? '(memory)';
+  const checked = validateConfig(config, `${name}: config`);
+  const assembled = assembleWeights(checked, namedTensors(checked, weights), name);
+  return instantiate(checked, assembled, vocab, { path: name, format: 'memory', storedDType: 'F32', metadata: {} }, options);
+}
+
+function checkLoadOptions(options: Omit<LoadOptions, 'meta'>): void {
+  if (typeof options !== 'object' || options === null) throw invalidArgument('load options must be an object');
+  if (options.threads !== undefined && (!Number.isInteger(options.threads) || options.threads < 1 || options.threads > 1024)) {
+    throw invalidArgument(`threads must be an integer from 1 to 1024, got ${String(options.threads)}`);
+  }
+  resolveBackend(options.backend ?? 'auto'); // an unknown or unavailable backend fails before any file is read
+}
+
+async function instantiate(
+  config: ModelConfig,
+  weights: ModelWeights,
+  vocab: readonly string[],
+  info: ModelSourceInfo,
+  options: Omit<LoadOptions, 'meta'>,
+): Promise<Model> {
+  const tokenizer = new CharTokenizer(vocab);
+  const backend = resolveBackend(options.backend ?? 'auto');
+  const runtime = await backend.load(config, weights, options.threads === undefined ? {} : { threads: options.threads });
+  try {
+    return new Model(runtime, tokenizer, info);
+  } catch (error) {
+    runtime.dispose();
+    throw error;
+  }
 }

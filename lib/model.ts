@@ -16,7 +16,7 @@ import { CharTokenizer } from './tokenizer.js';
 /** Where a model came from, for `microgpt info` and diagnostics. */
 export interface ModelSourceInfo {
   readonly path: string;
-  readonly format: 'safetensors' | 'nanogpt-checkpoint';
+  readonly format: 'safetensors' | 'nanogpt-checkpoint' | 'memory';
   /** Element type of the stored weights (they are computed in float32). */
   readonly storedDType: string;
   /** Extra metadata strings (safetensors) or checkpoint facts (iter_num, best_val_loss). */

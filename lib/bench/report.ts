@@ -1,0 +1,43 @@
+import type { BackendName } from '../backends/types.js';
+import type { BenchReport, Figure } from './run.js';
+
+/** The benchmark as a Markdown table (what the README shows). */
+export function formatBenchReport(report: BenchReport): string {
+  const engines = [...new Set(report.shapes.flatMap((s) => Object.keys(s.engines)))] as BackendName[];
+  const lines: string[] = [];
+  lines.push(`${report.machine.cpu}, ${report.machine.logicalCores} logical cores, ${report.threads} threads, Node ${report.machine.node}, ${report.date.slice(0, 10)}`);
+  lines.push('');
+  lines.push(`| shape | figure | ${engines.join(' | ')} |${engines.length > 1 ? ` ${engines[0]}/${engines[engines.length - 1]} |` : ''}`);
+  lines.push(`| --- | --- |${engines.map(() => ' ---: |').join('')}${engines.length > 1 ? ' ---: |' : ''}`);
+  const rows: [string, 'decodeBatch1' | 'decodeBatch8' | 'prefillBatch1' | 'prefillBatch8'][] = [
+    ['decode, batch 1 (tokens/s)', 'decodeBatch1'],
+    ['decode, batch 8 (tokens/s)', 'decodeBatch8'],
+    ['prefill, batch 1 (tokens/s)', 'prefillBatch1'],
+    ['prefill, batch 8 (tokens/s)', 'prefillBatch8'],
+  ];
+  for (const shape of report.shapes) {
+    for (const [label, key] of rows) {
+      const figures = engines.map((e) => shape.engines[e]?.[key]);
+      lines.push(`| ${shape.shape} | ${label} | ${figures.map(cell).join(' | ')} |${ratioCell(figures)}`);
+    }
+  }
+  lines.push('');
+  lines.push(`| GEMM (GFLOP/s) | ${engines.join(' | ')} |`);
+  lines.push(`| --- |${engines.map(() => ' ---: |').join('')}`);
+  for (const g of report.gemm) lines.push(`| ${g.label} (${g.M}×${g.N}×${g.K}) | ${engines.map((e) => cell(g.engines[e])).join(' | ')} |`);
+  const notes = report.shapes.flatMap((s) => engines.flatMap((e) => Object.values(s.engines[e] ?? {}).filter((f) => f.note !== undefined).map((f) => `${s.shape}, ${e}: ${f.note}`)));
+  for (const note of [...new Set(notes)]) lines.push(`\n* ${note}`);
+  return lines.join('\n');
+}
+
+function cell(f: Figure | undefined): string {
+  if (f === undefined) return '–';
+  return `${f.median >= 100 ? Math.round(f.median).toLocaleString('en-US') : f.median.toFixed(1)}${f.note !== undefined ? '*' : ''}`;
+}
+
+function ratioCell(figures: (Figure | undefined)[]): string {
+  if (figures.length < 2) return '';
+  const first = figures[0];
+  const last = figures[figures.length - 1];
+  return first && last ? ` ${(first.median / last.median).toFixed(1)}× |` : ' – |';
+}

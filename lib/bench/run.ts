@@ -1,0 +1,215 @@
+/**
+ * `microgpt bench`: what a user gets from each engine on the standard shapes, measured through the
+ * public API (sampling loop included), every figure the median of several runs, all engines in the
+ * same process so their ratio is fair.
+ */
+import { availableParallelism, cpus } from 'node:os';
+import { availableBackends } from '../backends/index.js';
+import type { BackendName } from '../backends/types.js';
+import { linear } from '../backends/js/math.js';
+import { parameterCount, type ModelConfig } from '../config.js';
+import { invalidArgument } from '../errors.js';
+import { createModel } from '../load.js';
+import type { Model } from '../model.js';
+import { Rng } from '../sampling/rng.js';
+import { BENCH_SHAPES, randomWeights, syntheticVocab } from './shapes.js';
+
+export interface BenchOptions {
+  /** Shape names from BENCH_SHAPES (default: all). */
+  shapes?: string[];
+  /** Engines to measure (default: every available one). */
+  backends?: BackendName[];
+  /** Timed runs per figure for compiled engines (default 5); the js engine gets fewer, see JS_RUNS. */
+  runs?: number;
+  threads?: number;
+  /** Progress lines (to stderr in the CLI). */
+  log?: (line: string) => void;
+}
+
+export interface Figure {
+  /** Median of the runs. */
+  readonly median: number;
+  readonly runs: number[];
+  readonly unit: string;
+  /** How it was measured, where that differs from the shape's nominal case. */
+  readonly note?: string;
+}
+
+export interface EngineFigures {
+  readonly decodeBatch1: Figure;
+  readonly decodeBatch8: Figure;
+  readonly prefillBatch1: Figure;
+  readonly prefillBatch8: Figure;
+}
+
+export interface ShapeReport {
+  readonly shape: string;
+  readonly config: ModelConfig;
+  readonly parameters: number;
+  /** fp32 bytes a decode step reads: every weight once (lm_head is wte). */
+  readonly weightBytes: number;
+  readonly engines: Partial<Record<BackendName, EngineFigures>>;
+}
+
+export interface GemmReport {
+  readonly M: number;
+  readonly N: number;
+  readonly K: number;
+  readonly label: string;
+  readonly engines: Partial<Record<BackendName, Figure>>;
+}
+
+export interface BenchReport {
+  readonly date: string;
+  readonly machine: { cpu: string; logicalCores: number; node: string; platform: string };
+  readonly threads: number;
+  readonly shapes: ShapeReport[];
+  readonly gemm: GemmReport[];
+}
+
+/** The js engine is ~100x slower: fewer runs and shorter work keep a bench run in minutes. */
+const JS_RUNS = 3;
+
+export async function runBench(options: BenchOptions = {}): Promise<BenchReport> {
+  const log = options.log ?? (() => {});
+  const shapeNames = options.shapes ?? Object.keys(BENCH_SHAPES);
+  for (const s of shapeNames) if (BENCH_SHAPES[s] === undefined) throw invalidArgument(`unknown shape "${s}" (shapes: ${Object.keys(BENCH_SHAPES).join(', ')})`);
+  const available = availableBackends().filter((b) => b.available).map((b) => b.name);
+  const engines = options.backends ?? available;
+  for (const e of engines) {
+    if (!available.includes(e)) throw invalidArgument(`backend '${e}' is not available: ${availableBackends().find((b) => b.name === e)?.reason}`);
+  }
+  const runs = options.runs ?? 5;
+  if (!Number.isInteger(runs) || runs < 1 || runs > 100) throw invalidArgument(`runs must be an integer from 1 to 100, got ${runs}`);
+  const threads = options.threads ?? availableParallelism();
+
+  const shapes: ShapeReport[] = [];
+  for (const shape of shapeNames) {
+    const config = BENCH_SHAPES[shape] as ModelConfig;
+    log(`${shape}: building random weights (${(parameterCount(config) / 1e6).toFixed(1)}M parameters)`);
+    const weights = randomWeights(config);
+    const vocab = syntheticVocab(config.vocabSize);
+    const report: ShapeReport = { shape, config, parameters: parameterCount(config), weightBytes: parameterCount(config) * 4, engines: {} };
+    for (const engine of engines) {
+      const model = await createModel(config, weights, vocab, { backend: engine, threads, name: shape });
+      try {
+        report.engines[engine] = await measureEngine(model, engine === 'js' ? Math.min(runs, JS_RUNS) : runs, engine, log);
+      } finally {
+        model.dispose();
+      }
+    }
+    shapes.push(report);
+  }
+  const gemm = await measureJsGemm(engines, Math.min(runs, JS_RUNS), log);
+  return {
+    date: new Date().toISOString(),
+    machine: { cpu: cpus()[0]?.model.trim() ?? 'unknown', logicalCores: availableParallelism(), node: process.version, platform: `${process.platform}-${process.arch}` },
+    threads,
+    shapes,
+    gemm,
+  };
+}
+
+async function measureEngine(model: Model, runs: number, engine: BackendName, log: (line: string) => void): Promise<EngineFigures> {
+  const { blockSize } = model.config;
+  const vocab = model.tokenizer.vocab;
+  const rng = new Rng(7);
+  const text = (n: number) => Array.from({ length: n }, () => vocab[Math.floor(rng.uniform() * vocab.length)] as string).join('');
+  const sampling = { temperature: 1, topK: 200, seed: 1 };
+  const label = `${engine} ${model.source.path}`;
+
+  // Decode: a one-token prompt, then tokens one at a time (all inside blockSize: no re-prefill).
+  // The js engine is given less work on large shapes, where each of its tokens takes seconds.
+  const large = parameterCount(model.config) > 50e6;
+  const decodeTokens = Math.min(engine !== 'js' ? 128 : large ? 4 : 24, blockSize - 1);
+  const batchRuns = engine === 'js' ? 1 : runs;
+  const prompt = text(1);
+  const decodeBatch1 = await timed(runs, 'tokens/s', async () => {
+    await model.generate(prompt, { ...sampling, maxNewTokens: decodeTokens });
+    return decodeTokens;
+  });
+  log(`${label}: decode batch 1 ${decodeBatch1.median.toFixed(1)} tokens/s`);
+  const decodeBatch8 = await timed(batchRuns, 'tokens/s', async () => {
+    await model.generateMany(prompt, { ...sampling, maxNewTokens: decodeTokens, numSamples: 8 });
+    return 8 * decodeTokens;
+  }, undefined, engine !== 'js');
+  log(`${label}: decode batch 8 ${decodeBatch8.median.toFixed(1)} tokens/s`);
+
+  // Prefill: a full block of prompt, then one sampled token. The js engine would need minutes for
+  // gpt2-124M's 1024 tokens; it measures a shorter window there, and says so.
+  const window = engine === 'js' && large ? 32 : blockSize;
+  const note = window < blockSize ? `${window}-token window, not the full block of ${blockSize}` : undefined;
+  const block = text(window);
+  const prefillBatch1 = await timed(
+    runs,
+    'tokens/s',
+    async () => {
+      await model.generate(block, { ...sampling, maxNewTokens: 1 });
+      return window;
+    },
+    note,
+  );
+  log(`${label}: prefill batch 1 ${prefillBatch1.median.toFixed(1)} tokens/s`);
+  const prefillBatch8 = await timed(
+    batchRuns,
+    'tokens/s',
+    async () => {
+      await model.generateMany(block, { ...sampling, maxNewTokens: 1, numSamples: 8 });
+      return 8 * window;
+    },
+    note,
+    engine !== 'js',
+  );
+  log(`${label}: prefill batch 8 ${prefillBatch8.median.toFixed(1)} tokens/s`);
+  return { decodeBatch1, decodeBatch8, prefillBatch1, prefillBatch8 };
+}
+
+/** GEMM shapes: the cube, and the prefill matmuls of char-10M (T = 256 tokens, C = 384). */
+export const GEMM_SHAPES = [
+  { label: '1024³', M: 1024, N: 1024, K: 1024 },
+  { label: 'char-10M c_attn', M: 256, N: 1152, K: 384 },
+  { label: 'char-10M c_fc', M: 256, N: 1536, K: 384 },
+  { label: 'char-10M mlp c_proj', M: 256, N: 384, K: 1536 },
+] as const;
+
+async function measureJsGemm(engines: BackendName[], runs: number, log: (line: string) => void): Promise<GemmReport[]> {
+  const out: GemmReport[] = [];
+  for (const { label, M, N, K } of GEMM_SHAPES) {
+    const report: GemmReport = { label, M, N, K, engines: {} };
+    if (engines.includes('js')) {
+      const rng = new Rng(3);
+      const x = Float32Array.from({ length: M * K }, () => rng.uniform() - 0.5);
+      const w = Float32Array.from({ length: N * K }, () => rng.uniform() - 0.5);
+      const y = new Float32Array(M * N);
+      report.engines.js = await timed(runs, 'GFLOP/s', async () => {
+        linear(y, x, w, null, M, K, N);
+        return (2 * M * N * K) / 1e9;
+      });
+      log(`js GEMM ${label}: ${report.engines.js.median.toFixed(2)} GFLOP/s`);
+    }
+    out.push(report);
+  }
+  return out;
+}
+
+/**
+ * `runs` timed calls after one warm-up call (skipped where the engine is already warm and a call
+ * is long); each call returns the amount of work it did.
+ */
+async function timed(runs: number, unit: string, work: () => Promise<number>, note?: string, warmUp = true): Promise<Figure> {
+  if (warmUp) await work();
+  const rates: number[] = [];
+  for (let i = 0; i < runs; i++) {
+    const started = process.hrtime.bigint();
+    const amount = await work();
+    const seconds = Number(process.hrtime.bigint() - started) / 1e9;
+    rates.push(amount / seconds);
+  }
+  return { median: median(rates), runs: rates, unit, ...(note === undefined ? {} : { note }) };
+}
+
+export function median(values: number[]): number {
+  const sorted = [...values].sort((a, b) => a - b);
+  const mid = sorted.length >> 1;
+  return sorted.length % 2 === 1 ? (sorted[mid] as number) : ((sorted[mid - 1] as number) + (sorted[mid] as number)) / 2;
+}

@@ -1,0 +1,64 @@
+// The benchmark's pieces: random models of the bench shapes, statistics, the table and the chart.
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { benchChartSvg } from '../lib/bench/chart.js';
+import { formatBenchReport } from '../lib/bench/report.js';
+import { median, type BenchReport, type Figure } from '../lib/bench/run.js';
+import { BENCH_SHAPES, randomWeights, syntheticVocab } from '../lib/bench/shapes.js';
+import { createModel, parameterCount } from '../lib/index.js';
+
+test('the bench shapes are the ones the issue names', () => {
+  assert.equal(Math.round(parameterCount(BENCH_SHAPES['char-10M']!) / 1e5), 107);
+  assert.equal(Math.round(parameterCount(BENCH_SHAPES['gpt2-124M']!) / 1e6), 124);
+});
+
+test('random weights and a synthetic vocabulary make a model that generates', async () => {
+  const config = { vocabSize: 300, blockSize: 8, nLayer: 2, nHead: 2, nEmbd: 16, bias: true };
+  const vocab = syntheticVocab(300);
+  assert.equal(new Set(vocab).size, 300);
+  assert.ok(vocab.every((c) => [...c].length === 1 && c.trim() === c));
+  const weights = randomWeights(config, 4);
+  const std = Math.sqrt(weights.wte.reduce((s, v) => s + v * v, 0) / weights.wte.length);
+  assert.ok(Math.abs(std - 0.02) < 0.002, `std ${std}`);
+  const model = await createModel(config, weights, vocab, { backend: 'js' });
+  const text = await model.generate(vocab[0]!, { maxNewTokens: 20, seed: 1 });
+  assert.equal([...text].length, 20);
+  model.dispose();
+  await assert.rejects(createModel({ ...config, nHead: 3 }, weights, vocab), /nEmbd \(16\) must be a multiple of nHead \(3\)/);
+});
+
+test('median of odd and even counts', () => {
+  assert.equal(median([3, 1, 2]), 2);
+  assert.equal(median([4, 1, 3, 2]), 2.5);
+});
+
+test('the table and the chart show every figure of every engine', () => {
+  const f = (median: number, note?: string): Figure => ({ median, runs: [median], unit: 'tokens/s', ...(note ? { note } : {}) });
+  const report: BenchReport = {
+    date: '2026-11-25T12:00:00.000Z',
+    machine: { cpu: 'Test CPU', logicalCores: 2, node: 'v20', platform: 'linux-x64' },
+    threads: 2,
+    shapes: [
+      {
+        shape: 'char-10M',
+        config: BENCH_SHAPES['char-10M']!,
+        parameters: 1,
+        weightBytes: 4,
+        engines: {
+          native: { decodeBatch1: f(1500), decodeBatch8: f(4200), prefillBatch1: f(7100), prefillBatch8: f(8600) },
+          js: { decodeBatch1: f(50), decodeBatch8: f(51), prefillBatch1: f(49, '32-token window'), prefillBatch8: f(45) },
+        },
+      },
+    ],
+    gemm: [{ label: '1024³', M: 1024, N: 1024, K: 1024, engines: { js: f(1.1) } }],
+  };
+  const table = formatBenchReport(report);
+  assert.match(table, /\| char-10M \| decode, batch 1 \(tokens\/s\) \| 1,500 \| 50\.0 \| 30\.0× \|/);
+  assert.match(table, /\| char-10M \| prefill, batch 1 \(tokens\/s\) \| 7,100 \| 49\.0\* \| 144\.9× \|/);
+  assert.match(table, /\* char-10M, js: 32-token window/);
+  assert.match(table, /Test CPU, 2 logical cores, 2 threads, Node v20, 2026-11-25/);
+  const svg = benchChartSvg(report);
+  assert.ok(svg.startsWith('<svg') && svg.trimEnd().endsWith('</svg>'));
+  assert.equal((svg.match(/<rect x="210"/g) ?? []).length, 8);
+  assert.match(svg, />4,200</);
+});
