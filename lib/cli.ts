@@ -15,28 +15,29 @@ import { MicroGPTError } from './errors.js';
 import type { GenerationResult } from './generate.js';
 import { readSafetensors, writeSafetensors, type WritableDType } from './formats/safetensors.js';
 import { evaluate, MAX_EVAL_CHARACTERS } from './evaluate.js';
-import { loadModel, readModelFile } from './load.js';
+import { DEFAULT_MODEL, loadModel, readModelFile } from './load.js';
 import { parameterCount } from './config.js';
 
 const USAGE = `Usage: microgpt <command> [options]
 
 Commands:
-  generate  --model PATH [--meta meta.pkl] [--prompt TEXT] [--max-new-tokens N]
+  generate  [--model PATH] [--meta meta.pkl] [--prompt TEXT] [--max-new-tokens N]
             [--temperature T] [--top-k K] [--top-p P] [--seed S] [--num-samples N]
             [--stop TEXT]... [--backend auto|js|native|cuda] [--threads N] [--json]
             Prints the continuation of the prompt (without the prompt).
-  info      --model PATH [--meta meta.pkl] [--json]
+  info      [--model PATH] [--meta meta.pkl] [--json]
             Describes a model: config, parameters, vocabulary, format.
-  convert   --model PATH [--meta meta.pkl] --out FILE.safetensors [--dtype f32|f16|bf16]
+  convert   [--model PATH] [--meta meta.pkl] --out FILE.safetensors [--dtype f32|f16|bf16]
             Writes a nanoGPT checkpoint (or any model) as microgpt's safetensors.
   bench     [--shape char-10M|gpt2-124M]... [--backend B]... [--runs N] [--threads N] [--json]
             [--chart FILE.svg]
             Tokens/s of decode and prefill, GEMM GFLOP/s, per engine, random weights.
-  eval      --model PATH [--meta meta.pkl] --data FILE [--split all|val] [--backend B] [--json]
+  eval      [--model PATH] [--meta meta.pkl] --data FILE [--split all|val] [--backend B] [--json]
             Mean cross-entropy and perplexity of the model over a text file, in
             non-overlapping windows of blockSize (--split val: nanoGPT's last 10%).
 
-PATH is a .safetensors file, a nanoGPT ckpt.pt, or a nanoGPT out_dir.
+PATH is a .safetensors file, a nanoGPT ckpt.pt, or a nanoGPT out_dir; without --model,
+the Shakespeare model bundled with microgpt ('default').
 Run 'microgpt <command> --help' for a command's options.`;
 
 class UsageError extends Error {}
@@ -93,7 +94,7 @@ async function generate(args: string[]): Promise<void> {
     json: { type: 'boolean' },
   });
   if (values['help'] === true) return void process.stdout.write(`${USAGE}\n`);
-  const model = await loadModel(requireModel(values), {
+  const model = await loadModel(modelPath(values), {
     ...optionalString(values, 'meta'),
     ...(typeof values['backend'] === 'string' ? { backend: values['backend'] as BackendChoice } : {}),
     ...optionalNumber(values, 'threads', 'threads'),
@@ -153,7 +154,7 @@ async function generate(args: string[]): Promise<void> {
 async function info(args: string[]): Promise<void> {
   const { values } = parse(args, { ...modelOptions, json: { type: 'boolean' } });
   if (values['help'] === true) return void process.stdout.write(`${USAGE}\n`);
-  const file = await readModelFile(requireModel(values), optionalString(values, 'meta').meta);
+  const file = await readModelFile(modelPath(values), optionalString(values, 'meta').meta);
   const c = file.config;
   const description = {
     path: file.info.path,
@@ -191,7 +192,7 @@ async function convert(args: string[]): Promise<void> {
   const dtypes: Record<string, WritableDType> = { f32: 'F32', float32: 'F32', f16: 'F16', float16: 'F16', bf16: 'BF16', bfloat16: 'BF16' };
   const dtype = dtypes[dtypeName];
   if (dtype === undefined) throw new UsageError(`--dtype must be f32, f16 or bf16, got "${values['dtype']}"`);
-  const file = await readModelFile(requireModel(values), optionalString(values, 'meta').meta);
+  const file = await readModelFile(modelPath(values), optionalString(values, 'meta').meta);
   await writeSafetensors(out, {
     config: file.config,
     weights: file.weights,
@@ -222,7 +223,7 @@ async function evalCommand(args: string[]): Promise<void> {
   })).size;
   if (size > MAX_EVAL_CHARACTERS * 4) throw new UsageError(`--data ${data} is ${size} bytes; eval reads at most ${MAX_EVAL_CHARACTERS * 4}`);
   const text = await readFile(data, 'utf8');
-  const model = await loadModel(requireModel(values), {
+  const model = await loadModel(modelPath(values), {
     ...optionalString(values, 'meta'),
     ...(typeof values['backend'] === 'string' ? { backend: values['backend'] as BackendChoice } : {}),
     ...optionalNumber(values, 'threads', 'threads'),
@@ -273,9 +274,11 @@ function parse(args: string[], options: Options): { values: Record<string, unkno
   }
 }
 
-function requireModel(values: Record<string, unknown>): string {
+/** --model, or the bundled model when it is left out. */
+function modelPath(values: Record<string, unknown>): string {
   const model = values['model'];
-  if (typeof model !== 'string' || model.length === 0) throw new UsageError('--model PATH is required (a .safetensors file, a ckpt.pt or a nanoGPT out_dir)');
+  if (model === undefined) return DEFAULT_MODEL;
+  if (typeof model !== 'string' || model.length === 0) throw new UsageError('--model needs a path (a .safetensors file, a ckpt.pt or a nanoGPT out_dir)');
   return model;
 }
 

@@ -4,7 +4,7 @@
  *   const model = await loadModel('out-shakespeare-char');   // or a .safetensors file
  *   console.log(await model.generate('ROMEO:', { maxNewTokens: 200, seed: 1 }));
  */
-export { createModel, loadModel, readModelFile, type LoadOptions, type ModelFile } from './load.js';
+export { createModel, DEFAULT_MODEL, defaultModelPath, loadModel, readModelFile, type LoadOptions, type ModelFile } from './load.js';
 export { Model, type ModelSourceInfo } from './model.js';
 export { CharTokenizer, type EncodeOptions } from './tokenizer.js';
 export { validateConfig, parameterCount, CONFIG_LIMITS, type ModelConfig } from './config.js';

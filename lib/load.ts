@@ -1,5 +1,6 @@
 import { open, stat } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { resolveBackend } from './backends/index.js';
 import type { BackendChoice } from './backends/types.js';
 import { validateConfig, type ModelConfig } from './config.js';
@@ -28,8 +29,8 @@ export interface ModelFile {
 }
 
 /**
- * Loads a model: a `.safetensors` file of ours, a nanoGPT `ckpt.pt`, or a nanoGPT out_dir
- * holding one.
+ * Loads a model: 'default' (the Shakespeare model shipped with the package), a `.safetensors`
+ * file of ours, a nanoGPT `ckpt.pt`, or a nanoGPT out_dir holding one.
  */
 export async function loadModel(source: string, options: LoadOptions = {}): Promise<Model> {
   checkLoadOptions(options);
@@ -37,10 +38,26 @@ export async function loadModel(source: string, options: LoadOptions = {}): Prom
   return instantiate(file.config, file.weights, file.vocab, file.info, options);
 }
 
+/** The name that loads the model shipped with the package (a file named so needs './default'). */
+export const DEFAULT_MODEL = 'default';
+
+/** Where the bundled model lies: models/ at the package root (this file is dist/lib/load.js). */
+export function defaultModelPath(): string {
+  return fileURLToPath(new URL('../../models/default.safetensors', import.meta.url));
+}
+
+async function bundledModelPath(): Promise<string> {
+  const path = defaultModelPath();
+  if (!(await stat(path).then((s) => s.isFile()).catch(() => false))) {
+    throw invalidArgument(`the bundled default model is missing from this installation (${path}): reinstall microgpt, or give a model path`);
+  }
+  return path;
+}
+
 /** Reads and validates a model file of any supported format. */
 export async function readModelFile(source: string, meta?: string): Promise<ModelFile> {
   if (typeof source !== 'string' || source.length === 0) throw invalidArgument('model source must be a path');
-  const path = await checkpointPath(source);
+  const path = source === DEFAULT_MODEL ? await bundledModelPath() : await checkpointPath(source);
   const format = await sniffFormat(path);
   if (format === 'safetensors') {
     const model = await readSafetensors(path);

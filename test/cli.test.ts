@@ -5,10 +5,12 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { readSafetensors } from '../lib/index.js';
+import { availableBackends, readSafetensors } from '../lib/index.js';
 import { ROOT, expected, fixture } from './helpers.js';
 
 const CLI = join(ROOT, 'dist', 'lib', 'cli.js');
+/** The engine 'auto' picks here: the first available in order of preference. */
+const AUTO = availableBackends().find((b) => b.available)?.name;
 
 function run(...args: string[]): { status: number | null; stdout: string; stderr: string } {
   const r = spawnSync(process.execPath, [CLI, ...args], { encoding: 'utf8', timeout: 60_000 });
@@ -41,7 +43,10 @@ describe('microgpt generate', () => {
     const r = run('generate', '--model', modelDir, '--prompt', e.greedy.prompt, '--temperature', '0', '--max-new-tokens', String(e.greedy.maxNewTokens));
     assert.equal(r.status, 0, r.stderr);
     assert.equal(r.stdout, e.greedy.continuation);
-    assert.match(r.stderr, /tokens\/s, js backend/);
+    assert.match(r.stderr, new RegExp(`tokens/s, ${AUTO} backend`));
+    const js = run('generate', '--backend', 'js', '--model', modelDir, '--prompt', e.greedy.prompt, '--temperature', '0', '--max-new-tokens', '20');
+    assert.equal(js.stdout, e.greedy.continuation.slice(0, 20));
+    assert.match(js.stderr, /tokens\/s, js backend/);
   });
 
   test('--json gives text, tokens, backend and speed in one object', () => {
@@ -52,7 +57,7 @@ describe('microgpt generate', () => {
     const out = JSON.parse(r.stdout) as Record<string, unknown>;
     assert.equal(out['text'], s.continuation);
     assert.equal(out['tokens'], s.maxNewTokens);
-    assert.equal(out['backend'], 'js');
+    assert.equal(out['backend'], AUTO);
     assert.equal(typeof out['tokensPerSecond'], 'number');
     assert.ok((out['tokensPerSecond'] as number) > 0);
   });
@@ -77,7 +82,7 @@ describe('microgpt generate', () => {
   });
 
   test('errors are one line and exit code 1', () => {
-    fails(/--model PATH is required/, 'generate', '--prompt', 'hi');
+    fails(/--model needs a path/, 'generate', '--model=', '--prompt', 'hi');
     fails(/cannot read model \/nonexistent\/model\.safetensors: no such file or directory/, 'generate', '--model', '/nonexistent/model.safetensors');
     fails(/temperature must be a number from 0 \(greedy\) to 100, got -1/, 'generate', '--model', modelDir, '--temperature=-1');
     fails(/--top-k must be a number, got "many"/, 'generate', '--model', modelDir, '--top-k', 'many');
@@ -85,7 +90,7 @@ describe('microgpt generate', () => {
     fails(/maxNewTokens must be an integer from 0 to 1000000/, 'generate', '--model', modelDir, '--max-new-tokens', '1e12');
     fails(/Unknown option '--frobnicate'/, 'generate', '--model', modelDir, '--frobnicate');
     fails(/character 'Ω' \(U\+03A9\) at position 2 is not in the model's vocabulary/, 'generate', '--model', modelDir, '--prompt', 'abΩ');
-    fails(/backend 'native' is not available/, 'generate', '--model', modelDir, '--backend', 'native');
+    fails(/backend 'cuda' is not available/, 'generate', '--model', modelDir, '--backend', 'cuda');
     fails(/backend must be one of auto, js, native, cuda, got "gpu"/, 'generate', '--model', modelDir, '--backend', 'gpu');
     fails(/unknown command "frobnicate"/, 'frobnicate');
   });

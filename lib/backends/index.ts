@@ -1,5 +1,6 @@
 import { MicroGPTError, invalidArgument } from '../errors.js';
 import { jsBackend } from './js/index.js';
+import { nativeBackend, nativeUnavailableReason } from './native/index.js';
 import type { Backend, BackendChoice, BackendName } from './types.js';
 
 export const BACKEND_CHOICES: readonly BackendChoice[] = ['auto', 'js', 'native', 'cuda'];
@@ -13,7 +14,7 @@ function unavailableReason(name: BackendName): string | null {
     case 'js':
       return null;
     case 'native':
-      return 'this build of microgpt has no native engine yet';
+      return nativeUnavailableReason();
     case 'cuda':
       return 'this build of microgpt has no CUDA engine yet';
   }
@@ -46,5 +47,6 @@ export function availableBackends(): { name: BackendName; available: boolean; re
 
 function backendByName(name: BackendName): Backend {
   if (name === 'js') return jsBackend;
+  if (name === 'native') return nativeBackend;
   throw new Error(`internal: no ${name} backend`);
 }

@@ -1,0 +1,154 @@
+/**
+ * The raw native addon (build/Release/microgpt.node or prebuilds/<platform>-<arch>/), typed apart
+ * from the public API: these are exactly the objects native/addon*.cpp makes, and nothing but
+ * lib/backends/native/ should touch them. Loading goes through node-gyp-build from the package
+ * root and, on failure, yields one actionable reason instead of throwing.
+ */
+import { existsSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+/** An instruction set the kernels are compiled for. */
+export type AddonIsa = 'scalar' | 'avx2' | 'avx512' | 'neon';
+
+export interface AddonConfig {
+  readonly vocabSize: number;
+  readonly blockSize: number;
+  readonly nLayer: number;
+  readonly nHead: number;
+  readonly nEmbd: number;
+  readonly bias: boolean;
+}
+
+export interface AddonModelOptions {
+  /** Compute threads, the calling thread included (1 to 1024). */
+  readonly threads: number;
+  /** Forces an instruction set; by default the fastest this CPU runs. */
+  readonly isa?: AddonIsa;
+}
+
+/** A model's weights in the engine; `load` must resolve before anything else is called. */
+export interface AddonModel {
+  readonly isa: AddonIsa;
+  readonly threads: number;
+  /**
+   * Copies (and packs) the weights off the main thread. `tensors` in nanoGPT's state_dict order:
+   * wte, wpe, ln_f.weight, ln_f.bias, then per layer ln_1.weight, ln_1.bias, attn.c_attn.weight,
+   * attn.c_attn.bias, attn.c_proj.weight, attn.c_proj.bias, ln_2.weight, ln_2.bias,
+   * mlp.c_fc.weight, mlp.c_fc.bias, mlp.c_proj.weight, mlp.c_proj.bias; null for absent biases.
+   */
+  load(tensors: readonly (Float32Array | null)[]): Promise<void>;
+  /** Logits (T, vocabSize) of every position; 1 <= T <= blockSize. */
+  forward(ids: Int32Array): Promise<Float32Array>;
+  createSession(): AddonSession;
+  /** Frees the weights now, or when the passes still running end. */
+  dispose(): void;
+}
+
+export interface AddonSession {
+  readonly length: number;
+  /** Appends ids (length + T <= blockSize) and resolves to the last position's logits, a new array. */
+  prefill(ids: Int32Array): Promise<Float32Array>;
+  /** Throws while a prefill is running. */
+  reset(): void;
+  /** Frees the KV cache now, or when the running prefill ends. */
+  dispose(): void;
+}
+
+/** Each kernel of one instruction set on caller-owned arrays, synchronously; for tests only. */
+export interface AddonTesting {
+  /** out (T, N) = epilogue(x (T, K) · W^T + b), W (N, K) unpacked; epilogue 0 store, 1 gelu, 2 add to out. */
+  matmul(isa: AddonIsa, out: Float32Array, x: Float32Array, W: Float32Array, b: Float32Array | null, T: number, K: number, N: number, epilogue: 0 | 1 | 2): void;
+  /** out (T, C) = LayerNorm(x) * w + b. */
+  layernorm(isa: AddonIsa, out: Float32Array, x: Float32Array, w: Float32Array, b: Float32Array | null, T: number, C: number): void;
+  /** out (hs) = softmax(q · K^T / sqrt(hs)) V over n keys/values with row stride `stride`. */
+  attention(isa: AddonIsa, out: Float32Array, q: Float32Array, keys: Float32Array, values: Float32Array, n: number, hs: number, stride: number): void;
+  /** x = gelu(x) in place. */
+  gelu(isa: AddonIsa, x: Float32Array): void;
+  /** Kernel lab: seconds per threaded matmul (T, K) x (N, K)^T on a fresh pool of `threads`. */
+  benchMatmul(isa: AddonIsa, T: number, K: number, N: number, threads: number, reps: number): number;
+  /** Kernel lab: seconds per empty run over a fresh pool of `threads` (the cost of one split). */
+  benchPool(threads: number, reps: number): number;
+}
+
+export interface Addon {
+  readonly Model: new (config: AddonConfig, options: AddonModelOptions) => AddonModel;
+  /** Made only by AddonModel.createSession; constructing it directly throws. */
+  readonly Session: new () => AddonSession;
+  readonly napiVersion: number;
+  /** What the CPU probe found: the fastest instruction set and all that run here. */
+  cpu(): { best: AddonIsa; supported: AddonIsa[] };
+  /** null when every supported instruction set agrees with the scalar reference, else why not. */
+  selfCheck(): string | null;
+  readonly testing: AddonTesting;
+}
+
+export type AddonLoad = { addon: Addon; reason: null } | { addon: null; reason: string };
+
+/** The package root: the nearest folder above this file holding package.json. */
+function packageRoot(): string {
+  let dir = dirname(fileURLToPath(import.meta.url));
+  while (!existsSync(join(dir, 'package.json'))) {
+    const up = dirname(dir);
+    if (up === dir) return dir;
+    dir = up;
+  }
+  return dir;
+}
+
+let cached: AddonLoad | undefined;
+
+/** Loads the addon once per thread; never throws. */
+export function loadAddon(): AddonLoad {
+  cached ??= tryLoad();
+  return cached;
+}
+
+function tryLoad(): AddonLoad {
+  const root = packageRoot();
+  const require = createRequire(import.meta.url);
+  let addon: Addon;
+  try {
+    const nodeGypBuild = require('node-gyp-build') as (dir: string) => unknown;
+    addon = nodeGypBuild(root) as Addon;
+  } catch (error) {
+    const message = error instanceof Error ? error.message : String(error);
+    if (message.includes('No native build was found')) {
+      return {
+        addon: null,
+        reason:
+          `no native binary for ${process.platform}-${process.arch} in prebuilds/ or build/Release/; ` +
+          'build it with `npm run build:native` (needs CMake and a C++17 compiler)',
+      };
+    }
+    if (message.includes("Cannot find module 'node-gyp-build'")) {
+      return { addon: null, reason: 'the node-gyp-build package is missing; reinstall microgpt' };
+    }
+    return {
+      addon: null,
+      reason: `the native binary failed to load (${message.split('\n')[0]}); rebuild it with \`npm run build:native\``,
+    };
+  }
+  if (typeof addon?.Model !== 'function' || typeof addon.selfCheck !== 'function') {
+    return { addon: null, reason: 'the native binary is not microgpt\'s (unexpected exports); rebuild it with `npm run build:native`' };
+  }
+  const problem = addon.selfCheck();
+  if (problem !== null) {
+    return { addon: null, reason: `the native engine failed its self-check: ${problem}; please report this with your CPU model` };
+  }
+  const forced = process.env['MICROGPT_ISA'];
+  if (forced !== undefined && forced !== '' && !addon.cpu().supported.includes(forced as AddonIsa)) {
+    return {
+      addon: null,
+      reason: `MICROGPT_ISA=${forced} is not an instruction set this CPU and build run (supported: ${addon.cpu().supported.join(', ')}); unset it or pick one of those`,
+    };
+  }
+  return { addon, reason: null };
+}
+
+/** The instruction set MICROGPT_ISA forces, if any (checked by loadAddon). */
+export function forcedIsa(): AddonIsa | undefined {
+  const forced = process.env['MICROGPT_ISA'];
+  return forced === undefined || forced === '' ? undefined : (forced as AddonIsa);
+}

@@ -1,0 +1,95 @@
+// The addon's entry point: registration, CPU facts and the load-time self-check.
+#include "addon.h"
+
+#include <cmath>
+#include <initializer_list>
+#include <vector>
+
+#include "kernels.h"
+
+namespace microgpt {
+
+std::string supported_isas() {
+  std::string out;
+  for (Isa isa : {Isa::scalar, Isa::avx2, Isa::avx512, Isa::neon}) {
+    if (!isa_supported(isa)) continue;
+    if (!out.empty()) out += ", ";
+    out += isa_name(isa);
+  }
+  return out;
+}
+
+Isa isa_argument(Napi::Env env, const std::string& name) {
+  Isa isa;
+  if (!isa_from_name(name.c_str(), &isa)) {
+    throw Napi::Error::New(env, "unknown instruction set \"" + name + "\"; use one of scalar, avx2, avx512, neon");
+  }
+  if (!isa_supported(isa)) {
+    throw Napi::Error::New(env, "instruction set \"" + name + "\" is not supported by this CPU or build; supported: " +
+                                    supported_isas());
+  }
+  return isa;
+}
+
+namespace {
+
+// { best, supported[] }: what the CPU probe found.
+Napi::Value cpu_info(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Napi::Object out = Napi::Object::New(env);
+  out.Set("best", isa_name(isa_best()));
+  Napi::Array list = Napi::Array::New(env);
+  uint32_t n = 0;
+  for (Isa isa : {Isa::scalar, Isa::avx2, Isa::avx512, Isa::neon}) {
+    if (isa_supported(isa)) list.Set(n++, isa_name(isa));
+  }
+  out.Set("supported", list);
+  return out;
+}
+
+// A small matmul + GELU through every supported instruction set against the reference: null if
+// they agree, else what went wrong. Catches a miscompiled or mis-dispatched kernel at load.
+Napi::Value self_check(const Napi::CallbackInfo& info) {
+  const int T = 3, K = 37, N = 45;
+  std::vector<float> x(T * K), W(N * K), b(N), packed(packed_size(N, K));
+  for (int i = 0; i < T * K; i++) x[i] = std::sin(0.37f * i);
+  for (int i = 0; i < N * K; i++) W[i] = std::cos(0.11f * i) * 0.2f;
+  for (int i = 0; i < N; i++) b[i] = 0.01f * i;
+  pack_linear(packed.data(), W.data(), N, K);
+  std::vector<float> want(T * N), got(T * N);
+  kernels_ref().matmul(want.data(), x.data(), packed.data(), b.data(), T, K, N, 0, panel_count(N), Epilogue::gelu);
+  for (Isa isa : {Isa::avx2, Isa::avx512, Isa::neon}) {
+    if (!isa_supported(isa)) continue;
+    kernels_for(isa).matmul(got.data(), x.data(), packed.data(), b.data(), T, K, N, 0, panel_count(N), Epilogue::gelu);
+    for (int i = 0; i < T * N; i++) {
+      if (!(std::fabs(got[i] - want[i]) <= 1e-4f * (1.0f + std::fabs(want[i])))) {
+        return Napi::String::New(info.Env(), std::string("the ") + isa_name(isa) +
+                                                  " kernels disagree with the scalar reference (output " +
+                                                  std::to_string(i) + ": " + std::to_string(got[i]) + " vs " +
+                                                  std::to_string(want[i]) + ")");
+      }
+    }
+  }
+  return info.Env().Null();
+}
+
+class Addon : public Napi::Addon<Addon> {
+ public:
+  Addon(Napi::Env env, Napi::Object exports) {
+    register_model_classes(env, exports, &data_);
+    exports.Set("cpu", Napi::Function::New(env, cpu_info, "cpu"));
+    exports.Set("selfCheck", Napi::Function::New(env, self_check, "selfCheck"));
+    exports.Set("testing", make_testing(env));
+    exports.Set("napiVersion", Napi::Number::New(env, NAPI_VERSION));
+  }
+  AddonData data_;
+};
+
+}  // namespace
+
+AddonData* addon_data(Napi::Env env) { return &env.GetInstanceData<Addon>()->data_; }
+
+}  // namespace microgpt
+
+using microgpt::Addon;
+NODE_API_ADDON(Addon)

@@ -1,0 +1,130 @@
+// binding.testing: every kernel of every instruction set callable on small arrays, so the tests
+// can hold each SIMD kernel against the scalar reference. Synchronous: the inputs are tiny.
+#include <chrono>
+#include <string>
+#include <vector>
+
+#include "addon.h"
+#include "kernels.h"
+#include "layers.h"
+#include "thread_pool.h"
+
+namespace microgpt {
+
+namespace {
+
+Napi::Float32Array f32(const Napi::CallbackInfo& info, size_t i, size_t min_length, const char* name) {
+  if (i >= info.Length() || !info[i].IsTypedArray() ||
+      info[i].As<Napi::TypedArray>().TypedArrayType() != napi_float32_array) {
+    throw Napi::TypeError::New(info.Env(), std::string(name) + " must be a Float32Array");
+  }
+  Napi::Float32Array a = info[i].As<Napi::Float32Array>();
+  if (a.ElementLength() < min_length) {
+    throw Napi::RangeError::New(info.Env(), std::string(name) + " has " + std::to_string(a.ElementLength()) +
+                                                " elements, needs " + std::to_string(min_length));
+  }
+  return a;
+}
+
+const float* f32_or_null(const Napi::CallbackInfo& info, size_t i, size_t min_length, const char* name) {
+  if (info[i].IsNull() || info[i].IsUndefined()) return nullptr;
+  return f32(info, i, min_length, name).Data();
+}
+
+int positive(const Napi::CallbackInfo& info, size_t i, const char* name) {
+  if (i >= info.Length() || !info[i].IsNumber()) throw Napi::TypeError::New(info.Env(), std::string(name) + " must be a number");
+  const int v = info[i].As<Napi::Number>().Int32Value();
+  if (v < 1 || v > (1 << 24)) throw Napi::RangeError::New(info.Env(), std::string(name) + " must be from 1 to 2^24");
+  return v;
+}
+
+const Kernels& kernels_arg(const Napi::CallbackInfo& info) {
+  if (info.Length() < 1 || !info[0].IsString()) throw Napi::TypeError::New(info.Env(), "isa must be a string");
+  return kernels_for(isa_argument(info.Env(), info[0].As<Napi::String>().Utf8Value()));
+}
+
+// matmul(isa, out (T, N), x (T, K), W (N, K) unpacked, b (N) | null, T, K, N, epilogue 0|1|2)
+void test_matmul(const Napi::CallbackInfo& info) {
+  const Kernels& k = kernels_arg(info);
+  const int T = positive(info, 5, "T"), K = positive(info, 6, "K"), N = positive(info, 7, "N");
+  float* out = f32(info, 1, static_cast<size_t>(T) * N, "out").Data();
+  const float* x = f32(info, 2, static_cast<size_t>(T) * K, "x").Data();
+  const float* W = f32(info, 3, static_cast<size_t>(N) * K, "W").Data();
+  const float* b = f32_or_null(info, 4, N, "b");
+  const int epilogue = info[8].As<Napi::Number>().Int32Value();
+  if (epilogue < 0 || epilogue > 2) throw Napi::RangeError::New(info.Env(), "epilogue must be 0, 1 or 2");
+  std::vector<float> packed(packed_size(N, K));
+  pack_linear(packed.data(), W, N, K);
+  k.matmul(out, x, packed.data(), b, T, K, N, 0, panel_count(N), static_cast<Epilogue>(epilogue));
+}
+
+// layernorm(isa, out (T, C), x (T, C), w (C), b (C) | null, T, C)
+void test_layernorm(const Napi::CallbackInfo& info) {
+  const Kernels& k = kernels_arg(info);
+  const int T = positive(info, 5, "T"), C = positive(info, 6, "C");
+  k.layernorm(f32(info, 1, static_cast<size_t>(T) * C, "out").Data(), f32(info, 2, static_cast<size_t>(T) * C, "x").Data(),
+              f32(info, 3, C, "w").Data(), f32_or_null(info, 4, C, "b"), T, C);
+}
+
+// attention(isa, out (hs), q (hs), keys (n, stride), values (n, stride), n, hs, stride)
+void test_attention(const Napi::CallbackInfo& info) {
+  const Kernels& k = kernels_arg(info);
+  const int n = positive(info, 5, "n"), hs = positive(info, 6, "hs"), stride = positive(info, 7, "stride");
+  if (stride < hs) throw Napi::RangeError::New(info.Env(), "stride must be at least hs");
+  const size_t rows = static_cast<size_t>(n - 1) * stride + hs;
+  std::vector<float> scores(n);
+  k.attention(f32(info, 1, hs, "out").Data(), f32(info, 2, hs, "q").Data(), f32(info, 3, rows, "keys").Data(),
+              f32(info, 4, rows, "values").Data(), n, hs, stride, scores.data());
+}
+
+// gelu(isa, x), in place
+void test_gelu(const Napi::CallbackInfo& info) {
+  const Kernels& k = kernels_arg(info);
+  Napi::Float32Array x = f32(info, 1, 0, "x");
+  k.gelu(x.Data(), static_cast<int>(x.ElementLength()));
+}
+
+// benchMatmul(isa, T, K, N, threads, reps): seconds per call of the threaded matmul on random
+// data, for the kernel lab (not a test). Synchronous: keep it short.
+Napi::Value bench_matmul(const Napi::CallbackInfo& info) {
+  const Kernels& k = kernels_arg(info);
+  const int T = positive(info, 1, "T"), K = positive(info, 2, "K"), N = positive(info, 3, "N");
+  const int threads = positive(info, 4, "threads"), reps = positive(info, 5, "reps");
+  std::vector<float> x(static_cast<size_t>(T) * K), W(static_cast<size_t>(N) * K), out(static_cast<size_t>(T) * N);
+  for (size_t i = 0; i < x.size(); i++) x[i] = static_cast<float>(i % 17) * 0.01f;
+  for (size_t i = 0; i < W.size(); i++) W[i] = static_cast<float>(i % 13) * 0.01f;
+  std::vector<float> packed(packed_size(N, K));
+  pack_linear(packed.data(), W.data(), N, K);
+  ThreadPool pool(threads);
+  matmul(pool, k, out.data(), x.data(), packed.data(), nullptr, T, K, N, Epilogue::store);
+  const auto t0 = std::chrono::steady_clock::now();
+  for (int r = 0; r < reps; r++) matmul(pool, k, out.data(), x.data(), packed.data(), nullptr, T, K, N, Epilogue::store);
+  const std::chrono::duration<double> dt = std::chrono::steady_clock::now() - t0;
+  return Napi::Number::New(info.Env(), dt.count() / reps);
+}
+
+// benchPool(threads, reps): seconds per empty ThreadPool::run over all threads (the barrier cost).
+Napi::Value bench_pool(const Napi::CallbackInfo& info) {
+  const int threads = positive(info, 0, "threads"), reps = positive(info, 1, "reps");
+  ThreadPool pool(threads);
+  std::vector<int> hits(threads);
+  const auto t0 = std::chrono::steady_clock::now();
+  for (int r = 0; r < reps; r++) pool.run(threads, [&](int i) { hits[i]++; });
+  const std::chrono::duration<double> dt = std::chrono::steady_clock::now() - t0;
+  return Napi::Number::New(info.Env(), dt.count() / reps);
+}
+
+}  // namespace
+
+Napi::Object make_testing(Napi::Env env) {
+  Napi::Object t = Napi::Object::New(env);
+  t.Set("matmul", Napi::Function::New(env, test_matmul, "matmul"));
+  t.Set("layernorm", Napi::Function::New(env, test_layernorm, "layernorm"));
+  t.Set("attention", Napi::Function::New(env, test_attention, "attention"));
+  t.Set("gelu", Napi::Function::New(env, test_gelu, "gelu"));
+  t.Set("benchPool", Napi::Function::New(env, bench_pool, "benchPool"));
+  t.Set("benchMatmul", Napi::Function::New(env, bench_matmul, "benchMatmul"));
+  return t;
+}
+
+}  // namespace microgpt

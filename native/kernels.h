@@ -1,0 +1,57 @@
+// The kernels the forward pass is made of, as a table of function pointers: one table per
+// instruction set, all with the same meaning. kernels_ref.cpp is the plain scalar reference (the
+// fallback and the tests' oracle); kernels_simd.inc is compiled once per instruction set.
+#pragma once
+
+#include <cstddef>
+
+#include "cpu.h"
+
+namespace microgpt {
+
+// Linear weights are packed once at load into panels of kPanel output features:
+// packed[p][k][j] = W[p * kPanel + j][k] for W (OUT, IN) in PyTorch's layout, the last panel
+// zero-padded. A panel is one contiguous (IN, kPanel) block, so the GEMM micro-kernel and the
+// decode GEMV both stream it front to back.
+constexpr int kPanel = 32;
+
+inline int panel_count(int out_features) { return (out_features + kPanel - 1) / kPanel; }
+inline size_t packed_size(int out_features, int in_features) {
+  return static_cast<size_t>(panel_count(out_features)) * kPanel * static_cast<size_t>(in_features);
+}
+// W (OUT, IN) row-major -> packed (panels, IN, kPanel).
+void pack_linear(float* packed, const float* W, int out_features, int in_features);
+
+// What a matmul does with out = x W^T + b before storing it.
+enum class Epilogue { store = 0, gelu = 1, residual = 2 };
+
+struct Kernels {
+  Isa isa;
+  // out (T, N) = epilogue(x (T, K) · W^T + b), for the output features of panels [p0, p1) only,
+  // so threads may split a matmul by panels. wp: W (N, K) packed; b: (N) or null.
+  // Epilogue::gelu stores gelu(x W^T + b); Epilogue::residual adds x W^T + b to out.
+  void (*matmul)(float* out, const float* x, const float* wp, const float* b, int T, int K, int N, int p0, int p1,
+                 Epilogue epilogue);
+  // out (T, C) = LayerNorm(x (T, C)) * w + b, biased variance, eps 1e-5; b may be null.
+  void (*layernorm)(float* out, const float* x, const float* w, const float* b, int T, int C);
+  // One head of causal attention for one query: out (hs) = softmax(q·K^T / sqrt(hs)) V over the
+  // n keys and values at rows 0..n-1 (row stride `stride`). scores: scratch of n floats.
+  void (*attention)(float* out, const float* q, const float* keys, const float* values, int n, int hs, int stride,
+                    float* scores);
+  // x (n) = gelu(x), the exact erf form.
+  void (*gelu)(float* x, int n);
+};
+
+const Kernels& kernels_ref();
+#if defined(MICROGPT_HAVE_X86)
+const Kernels& kernels_avx2();
+const Kernels& kernels_avx512();
+#endif
+#if defined(MICROGPT_HAVE_NEON)
+const Kernels& kernels_neon();
+#endif
+
+// The table for `isa`, which must be supported (isa_supported).
+const Kernels& kernels_for(Isa isa);
+
+}  // namespace microgpt

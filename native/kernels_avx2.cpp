@@ -1,0 +1,10 @@
+// The AVX2 + FMA kernels. Compiled with -mavx2 -mfma; called only after cpu.cpp has found the
+// instructions and the OS's support for the ymm state.
+#include <immintrin.h>
+
+#define MICROGPT_SIMD_AVX2 1
+#define MICROGPT_KERNELS_NAME kernels_avx2
+#define MICROGPT_KERNELS_ISA Isa::avx2
+#define MICROGPT_MR 3          // 3 rows x 4 ymm = 12 accumulators of 16
+#define MICROGPT_GEMV_PANELS 2 // 2 panels x 4 ymm = 8 independent FMA chains
+#include "kernels_simd.inc"

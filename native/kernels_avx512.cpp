@@ -1,0 +1,10 @@
+// The AVX-512 kernels (F, BW, DQ, VL). Compiled with -mavx512*; called only after cpu.cpp has
+// found the instructions and the OS's support for the zmm state.
+#include <immintrin.h>
+
+#define MICROGPT_SIMD_AVX512 1
+#define MICROGPT_KERNELS_NAME kernels_avx512
+#define MICROGPT_KERNELS_ISA Isa::avx512
+#define MICROGPT_MR 6          // 6 rows x 2 zmm = 12 accumulators of 32
+#define MICROGPT_GEMV_PANELS 4 // 4 panels x 2 zmm = 8 independent FMA chains
+#include "kernels_simd.inc"

@@ -1,0 +1,10 @@
+// The NEON kernels for arm64, where NEON (Advanced SIMD) is part of the baseline. Built only on
+// arm64; not run on the x86 machine this was written on, only read for compile-correctness.
+#include <arm_neon.h>
+
+#define MICROGPT_SIMD_NEON 1
+#define MICROGPT_KERNELS_NAME kernels_neon
+#define MICROGPT_KERNELS_ISA Isa::neon
+#define MICROGPT_MR 3          // 3 rows x 8 q registers = 24 accumulators of 32
+#define MICROGPT_GEMV_PANELS 1 // 1 panel x 8 q registers = 8 independent FMA chains
+#include "kernels_simd.inc"

@@ -1,0 +1,29 @@
+// The layers of the forward pass, each split across a thread pool by output rows, features or
+// heads only (never within a sum), so results do not depend on the thread count.
+#pragma once
+
+#include "kernels.h"
+#include "thread_pool.h"
+
+namespace microgpt {
+
+// x (T, C) = wte[ids[t]] + wpe[start + t]: token plus position embedding, the residual stream.
+void embedding(float* x, const int* ids, const float* wte, const float* wpe, int start, int T, int C);
+
+// out (T, C) = LayerNorm(x (T, C)) * w + b, rows split across threads.
+void layernorm(ThreadPool& pool, const Kernels& k, float* out, const float* x, const float* w, const float* b, int T,
+               int C);
+
+// out (T, N) = epilogue(x (T, K) · W^T + b), W (N, K) packed; threads take whole panels of
+// output features.
+void matmul(ThreadPool& pool, const Kernels& k, float* out, const float* x, const float* wp, const float* b, int T,
+            int K, int N, Epilogue epilogue);
+
+// Causal self-attention of the T new tokens at positions start..start+T-1 over the cache.
+// qkv (T, 3C): q, k, v of the new tokens; keys, values (cache rows, C): this layer's cache, into
+// which k and v are written first; att (T, C): the heads' outputs side by side.
+// scores (pool.size(), block_size): scratch. Work is split by (token, head).
+void attention(ThreadPool& pool, const Kernels& k, float* att, const float* qkv, float* keys, float* values,
+               float* scores, int start, int T, int C, int n_head, int block_size);
+
+}  // namespace microgpt

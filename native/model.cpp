@@ -1,0 +1,237 @@
+// The nanoGPT forward pass, one function per layer, on the kernels of one instruction set.
+#include "model.h"
+
+#include "layers.h"
+
+#include <algorithm>
+#include <cstring>
+#include <stdexcept>
+
+namespace microgpt {
+
+FloatBuffer::FloatBuffer(size_t n) : size_(n) {
+  if (n == 0) return;
+  data_.reset(static_cast<float*>(::operator new[](n * sizeof(float), std::align_val_t(64))));
+}
+
+std::vector<size_t> tensor_sizes(const Config& c) {
+  const size_t C = c.n_embd;
+  const size_t b = c.bias ? 1 : 0;
+  std::vector<size_t> sizes = {static_cast<size_t>(c.vocab_size) * C, static_cast<size_t>(c.block_size) * C, C, b * C};
+  for (int l = 0; l < c.n_layer; l++) {
+    const size_t layer[kLayerTensors] = {C, b * C, 3 * C * C, b * 3 * C, C * C, b * C,
+                                         C, b * C, 4 * C * C, b * 4 * C, 4 * C * C, b * C};
+    sizes.insert(sizes.end(), layer, layer + kLayerTensors);
+  }
+  return sizes;
+}
+
+std::string check_config(const Config& c) {
+  if (c.vocab_size < 1 || c.block_size < 1 || c.n_layer < 1 || c.n_head < 1 || c.n_embd < 1) {
+    return "vocabSize, blockSize, nLayer, nHead and nEmbd must be positive";
+  }
+  if (c.n_embd % c.n_head != 0) return "nEmbd must be a multiple of nHead";
+  if (c.n_embd > 16384 || c.block_size > 65536 || c.vocab_size > 1114112 || c.n_layer > 256) {
+    return "the config exceeds microgpt's limits (CONFIG_LIMITS)";
+  }
+  // 4C x 4C fits an int; block_size x 4C rows of activations must index within size_t (they do).
+  return "";
+}
+
+namespace {
+
+// A split is worth it when each thread's share takes well over the pool's barrier: at a decode
+// GEMV's ~5 multiply-adds per ns, 100k multiply-adds per microsecond of barrier keeps the barrier
+// under ~5% of the step. On a 2-vCPU VM whose vCPUs are time-shared (barrier ~10 us) this keeps
+// the decode steps of a char-level model on one thread; on idle real cores they split.
+double min_work_per_thread(const ThreadPool& pool) {
+  const double work = pool.barrier_seconds() * 1e6 * 100e3;
+  return std::min(4e6, std::max(64e3, work));
+}
+
+int threads_for(const ThreadPool& pool, double work, int max_split) {
+  const int by_work = static_cast<int>(work / min_work_per_thread(pool));
+  return std::max(1, std::min({pool.size(), by_work, max_split}));
+}
+
+}  // namespace
+
+// ---- the layers -------------------------------------------------------------------------------
+
+// x (T, C) = wte[ids[t]] + wpe[start + t]: token plus position embedding, the residual stream.
+void embedding(float* x, const int* ids, const float* wte, const float* wpe, int start, int T, int C) {
+  for (int t = 0; t < T; t++) {
+    const float* tok = wte + static_cast<size_t>(ids[t]) * C;
+    const float* pos = wpe + static_cast<size_t>(start + t) * C;
+    float* xt = x + static_cast<size_t>(t) * C;
+    for (int i = 0; i < C; i++) xt[i] = tok[i] + pos[i];
+  }
+}
+
+// out (T, C) = LayerNorm(x (T, C)) * w + b, rows split across threads.
+void layernorm(ThreadPool& pool, const Kernels& k, float* out, const float* x, const float* w, const float* b, int T,
+               int C) {
+  const int n = threads_for(pool, 4.0 * T * C, T);
+  pool.run(n, [&](int i) {
+    const int t0 = T * i / n, t1 = T * (i + 1) / n;
+    k.layernorm(out + static_cast<size_t>(t0) * C, x + static_cast<size_t>(t0) * C, w, b, t1 - t0, C);
+  });
+}
+
+// out (T, N) = epilogue(x (T, K) · W^T + b), W (N, K) packed; threads take whole panels of
+// output features, so every output is computed the same way whatever the thread count.
+void matmul(ThreadPool& pool, const Kernels& k, float* out, const float* x, const float* wp, const float* b, int T,
+            int K, int N, Epilogue epilogue) {
+  const int panels = panel_count(N);
+  const int n = threads_for(pool, static_cast<double>(T) * K * N, panels);
+  pool.run(n, [&](int i) {
+    const int p0 = panels * i / n, p1 = panels * (i + 1) / n;
+    if (p1 > p0) k.matmul(out, x, wp, b, T, K, N, p0, p1, epilogue);
+  });
+}
+
+// Causal self-attention of the T new tokens at positions start..start+T-1 over the cache.
+// qkv (T, 3C): q, k, v of the new tokens; keys, values (cache rows, C): this layer's cache, into
+// which k and v are written first; att (T, C): the heads' outputs side by side.
+// scores (threads, block_size): scratch. Work is split by (token, head), never within a softmax.
+void attention(ThreadPool& pool, const Kernels& k, float* att, const float* qkv, float* keys, float* values,
+               float* scores, int start, int T, int C, int n_head, int block_size) {
+  for (int t = 0; t < T; t++) {
+    const float* row = qkv + static_cast<size_t>(t) * 3 * C;
+    std::memcpy(keys + static_cast<size_t>(start + t) * C, row + C, C * sizeof(float));
+    std::memcpy(values + static_cast<size_t>(start + t) * C, row + 2 * C, C * sizeof(float));
+  }
+  const int hs = C / n_head;
+  const int tasks = T * n_head;
+  const double work = 2.0 * T * (start + (T + 1) / 2.0) * C;
+  const int n = threads_for(pool, work, tasks);
+  pool.run(n, [&](int i) {
+    float* s = scores + static_cast<size_t>(i) * block_size;
+    // Interleaved, so the long rows of the causal triangle are spread over the threads.
+    for (int task = i; task < tasks; task += n) {
+      const int t = task / n_head, h = task % n_head;
+      const size_t off = static_cast<size_t>(h) * hs;
+      k.attention(att + static_cast<size_t>(t) * C + off, qkv + static_cast<size_t>(t) * 3 * C + off, keys + off,
+                  values + off, start + t + 1, hs, C, s);
+    }
+  });
+}
+
+
+// ---- the model --------------------------------------------------------------------------------
+
+Model::Model(const Config& config, const std::vector<const float*>& tensors, Isa isa, int threads)
+    : config_(config), kernels_(&kernels_for(isa)), pool_(threads) {
+  const std::vector<size_t> sizes = tensor_sizes(config);
+  if (tensors.size() != sizes.size()) throw std::invalid_argument("wrong number of tensors");
+  const int C = config.n_embd;
+  const int V = config.vocab_size;
+  const int B = config.block_size;
+
+  // One allocation: plain tensors at their size, Linear weights at their packed size, lm_head.
+  auto is_linear = [](size_t index) {
+    if (index < kGlobalTensors) return false;
+    const size_t li = (index - kGlobalTensors) % kLayerTensors;
+    return li == kAttnWeight || li == kAttnProjWeight || li == kMlpFcWeight || li == kMlpProjWeight;
+  };
+  auto linear_shape = [&](size_t index, int* out_f, int* in_f) {
+    switch ((index - kGlobalTensors) % kLayerTensors) {
+      case kAttnWeight: *out_f = 3 * C; *in_f = C; break;
+      case kAttnProjWeight: *out_f = C; *in_f = C; break;
+      case kMlpFcWeight: *out_f = 4 * C; *in_f = C; break;
+      default: *out_f = C; *in_f = 4 * C; break;
+    }
+  };
+  auto rounded = [](size_t n) { return (n + 15) / 16 * 16; };  // keep every tensor 64-byte aligned
+  std::vector<size_t> offsets(sizes.size());
+  size_t total = 0;
+  for (size_t i = 0; i < sizes.size(); i++) {
+    offsets[i] = total;
+    if (is_linear(i)) {
+      int o, in;
+      linear_shape(i, &o, &in);
+      total += rounded(packed_size(o, in));
+    } else {
+      total += rounded(sizes[i]);
+    }
+  }
+  const size_t lm_head_offset = total;
+  total += rounded(packed_size(V, C));
+  w_.storage = FloatBuffer(total);
+  float* base = w_.storage.data();
+  for (size_t i = 0; i < sizes.size(); i++) {
+    if (sizes[i] == 0) continue;
+    if (tensors[i] == nullptr) throw std::invalid_argument("missing tensor");
+    if (is_linear(i)) {
+      int o, in;
+      linear_shape(i, &o, &in);
+      pack_linear(base + offsets[i], tensors[i], o, in);
+    } else {
+      std::memcpy(base + offsets[i], tensors[i], sizes[i] * sizeof(float));
+    }
+  }
+  pack_linear(base + lm_head_offset, tensors[kWte], V, C);
+
+  auto at = [&](size_t i) -> const float* { return sizes[i] == 0 ? nullptr : base + offsets[i]; };
+  w_.wte = at(kWte);
+  w_.wpe = at(kWpe);
+  w_.lnf_weight = at(kLnfWeight);
+  w_.lnf_bias = at(kLnfBias);
+  w_.lm_head = base + lm_head_offset;
+  for (int l = 0; l < config.n_layer; l++) {
+    const size_t o = kGlobalTensors + static_cast<size_t>(l) * kLayerTensors;
+    w_.layers.push_back({at(o + kLn1Weight), at(o + kLn1Bias), at(o + kAttnWeight), at(o + kAttnBias),
+                         at(o + kAttnProjWeight), at(o + kAttnProjBias), at(o + kLn2Weight), at(o + kLn2Bias),
+                         at(o + kMlpFcWeight), at(o + kMlpFcBias), at(o + kMlpProjWeight), at(o + kMlpProjBias)});
+  }
+
+  s_.x = FloatBuffer(static_cast<size_t>(B) * C);
+  s_.xn = FloatBuffer(static_cast<size_t>(B) * C);
+  s_.qkv = FloatBuffer(static_cast<size_t>(B) * 3 * C);
+  s_.att = FloatBuffer(static_cast<size_t>(B) * C);
+  s_.hidden = FloatBuffer(static_cast<size_t>(B) * 4 * C);
+  s_.scores = FloatBuffer(static_cast<size_t>(pool_.size()) * B);
+}
+
+KVCache Model::new_kv_cache(int rows) const {
+  const size_t n = static_cast<size_t>(config_.n_layer) * rows * config_.n_embd;
+  return KVCache{FloatBuffer(n), FloatBuffer(n), rows};
+}
+
+void Model::forward(KVCache& cache, int start, const int* ids, int T, float* logits, bool all_positions) {
+  if (start < 0 || T < 1 || start + T > cache.rows || cache.rows > config_.block_size) {
+    throw std::out_of_range("positions beyond the KV cache or blockSize");
+  }
+  std::lock_guard<std::mutex> lock(compute_mutex_);
+  const Kernels& k = *kernels_;
+  const int C = config_.n_embd, B = config_.block_size, V = config_.vocab_size;
+  float* x = s_.x.data();
+  float* xn = s_.xn.data();
+  float* qkv = s_.qkv.data();
+  float* att = s_.att.data();
+  float* hidden = s_.hidden.data();
+
+  embedding(x, ids, w_.wte, w_.wpe, start, T, C);
+  for (int l = 0; l < config_.n_layer; l++) {
+    const LayerWeights& lw = w_.layers[l];
+    float* keys = cache.keys.data() + static_cast<size_t>(l) * cache.rows * C;
+    float* values = cache.values.data() + static_cast<size_t>(l) * cache.rows * C;
+
+    layernorm(pool_, k, xn, x, lw.ln1_weight, lw.ln1_bias, T, C);
+    matmul(pool_, k, qkv, xn, lw.attn_weight, lw.attn_bias, T, C, 3 * C, Epilogue::store);
+    attention(pool_, k, att, qkv, keys, values, s_.scores.data(), start, T, C, config_.n_head, B);
+    matmul(pool_, k, x, att, lw.attn_proj_weight, lw.attn_proj_bias, T, C, C, Epilogue::residual);
+
+    layernorm(pool_, k, xn, x, lw.ln2_weight, lw.ln2_bias, T, C);
+    matmul(pool_, k, hidden, xn, lw.mlp_fc_weight, lw.mlp_fc_bias, T, C, 4 * C, Epilogue::gelu);
+    matmul(pool_, k, x, hidden, lw.mlp_proj_weight, lw.mlp_proj_bias, T, 4 * C, C, Epilogue::residual);
+  }
+
+  // Final LayerNorm and the tied lm_head, only for the positions whose logits are wanted.
+  const int first = all_positions ? 0 : T - 1;
+  const int rows = T - first;
+  layernorm(pool_, k, xn, x + static_cast<size_t>(first) * C, w_.lnf_weight, w_.lnf_bias, rows, C);
+  matmul(pool_, k, logits, xn, w_.lm_head, nullptr, rows, C, V, Epilogue::store);
+}
+
+}  // namespace microgpt

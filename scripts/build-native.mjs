@@ -1,0 +1,49 @@
+#!/usr/bin/env node
+// Builds the native engine from source with cmake-js: build/Release/microgpt.node.
+// Exits non-zero when the build fails. `--quiet` leaves out cmake-js's progress, not the compiler's output.
+//
+// cmake-js downloads Node's headers unless npm tells it where they are (npm_config_nodedir).
+// Outside npm we point it at the headers of the running node, which every Node installation
+// ships in <prefix>/include/node, so the build works offline.
+import { existsSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { availableParallelism } from 'node:os';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const root = join(dirname(fileURLToPath(import.meta.url)), '..');
+const quiet = process.argv.includes('--quiet');
+
+if (!process.env.npm_config_nodedir) {
+  const prefix = join(dirname(process.execPath), '..');
+  if (existsSync(join(prefix, 'include', 'node', 'node_api.h'))) process.env.npm_config_nodedir = prefix;
+}
+
+const require = createRequire(import.meta.url);
+let cmakejs;
+try {
+  cmakejs = require('cmake-js');
+} catch (error) {
+  console.error(`microgpt: cannot build the native engine: cmake-js is not installed (${error.message})`);
+  process.exit(1);
+}
+
+const started = Date.now();
+try {
+  const build = new cmakejs.BuildSystem({
+    directory: root,
+    out: join(root, 'build'),
+    config: 'Release',
+    parallel: availableParallelism(),
+    logLevel: quiet ? 'warn' : 'info',
+  });
+  await build.rebuild();
+} catch (error) {
+  console.error(`microgpt: building the native engine failed: ${error instanceof Error ? error.message : String(error)}`);
+  process.exit(1);
+}
+if (!existsSync(join(root, 'build', 'Release', 'microgpt.node'))) {
+  console.error('microgpt: the native build finished but build/Release/microgpt.node is missing');
+  process.exit(1);
+}
+if (!quiet) console.log(`microgpt: built build/Release/microgpt.node in ${((Date.now() - started) / 1000).toFixed(1)} s`);

@@ -1,0 +1,26 @@
+#!/usr/bin/env node
+// prebuildify drives node-gyp only: it runs `<this> rebuild --target=<node> --arch=<arch> --release`
+// in the package folder, then takes the .node file it finds in build/Release. This stands in for
+// node-gyp and builds with cmake-js (scripts/build-native.mjs) instead. Node-API binaries do not
+// depend on the target Node version; cross-compiling to another arch is not supported.
+import { spawnSync } from 'node:child_process';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const args = process.argv.slice(2);
+const arch = args.find((a) => a.startsWith('--arch='))?.slice('--arch='.length) ?? process.arch;
+if (args[0] !== 'rebuild') {
+  console.error(`prebuildify-cmake: only 'rebuild' is supported, got ${JSON.stringify(args.join(' '))}`);
+  process.exit(1);
+}
+if (arch !== process.arch) {
+  console.error(`prebuildify-cmake: cannot build for ${arch} on ${process.arch} (no cross-compiling)`);
+  process.exit(1);
+}
+if (args.includes('--debug')) {
+  console.error('prebuildify-cmake: debug prebuilds are not supported');
+  process.exit(1);
+}
+const script = join(dirname(fileURLToPath(import.meta.url)), 'build-native.mjs');
+const result = spawnSync(process.execPath, [script], { stdio: 'inherit' });
+process.exit(result.status ?? 1);

@@ -1,0 +1,179 @@
+// Every SIMD kernel of the native engine against its scalar reference (and the reference
+// against the js backend's float64 math), on odd shapes: sizes that are not multiples of any
+// vector width, single rows, a whole block. An instruction set is skipped only when this CPU
+// lacks it; a missing native build fails these tests (CI has compilers).
+import assert from 'node:assert/strict';
+import { describe, test } from 'node:test';
+import { erf, layerNorm, linear } from '../lib/backends/js/math.js';
+import { loadAddon, type Addon, type AddonIsa } from '../lib/backends/native/binding.js';
+
+const load = loadAddon();
+test('the native addon loads and passes its self-check', () => {
+  assert.equal(load.reason, null, `native engine unavailable: ${load.reason}`);
+});
+const addon = load.addon as Addon;
+
+function rng(seed: number): () => number {
+  let s = seed >>> 0;
+  return () => {
+    s = (s + 0x6d2b79f5) >>> 0;
+    let t = s;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+function randomArray(n: number, seed: number, scale = 1): Float32Array {
+  const r = rng(seed);
+  const a = new Float32Array(n);
+  for (let i = 0; i < n; i++) a[i] = (r() * 2 - 1) * scale;
+  return a;
+}
+
+/** Largest |a - b| / (1 + |b|). */
+function relDiff(a: Float32Array, b: ArrayLike<number>): number {
+  let worst = 0;
+  for (let i = 0; i < a.length; i++) {
+    const d = Math.abs((a[i] as number) - (b[i] as number)) / (1 + Math.abs(b[i] as number));
+    if (!(d <= worst)) worst = Number.isNaN(d) ? Infinity : d;
+  }
+  return worst;
+}
+
+const SIMD_ISAS: AddonIsa[] = ['avx2', 'avx512', 'neon'];
+
+const matmulShapes: [number, number, number][] = [
+  // [T, K, N]
+  [1, 36, 108],
+  [1, 20, 65],
+  [1, 384, 1152],
+  [1, 1536, 384],
+  [2, 16, 48],
+  [7, 36, 65],
+  [24, 36, 144],
+  [13, 17, 33],
+  [64, 20, 80],
+  [31, 384, 97],
+];
+
+function gelu64(x: number): number {
+  return 0.5 * x * (1 + erf(x * Math.SQRT1_2));
+}
+
+describe('scalar reference kernels match the js backend (float64)', () => {
+  test('matmul, every epilogue', () => {
+    for (const [T, K, N] of matmulShapes) {
+      const x = randomArray(T * K, T * 7 + K);
+      const W = randomArray(N * K, N + 3, 0.2);
+      const b = randomArray(N, N + 5);
+      const want = new Float32Array(T * N);
+      linear(want, x, W, b, T, K, N);
+      for (const epilogue of [0, 1, 2] as const) {
+        const out = randomArray(T * N, 99);
+        const before = out.slice();
+        addon.testing.matmul('scalar', out, x, W, b, T, K, N, epilogue);
+        const expected = Array.from(want, (v, i) => (epilogue === 0 ? v : epilogue === 1 ? gelu64(v) : (before[i] as number) + v));
+        assert.ok(relDiff(out, expected) < 2e-5, `T=${T} K=${K} N=${N} epilogue ${epilogue}: ${relDiff(out, expected)}`);
+      }
+    }
+  });
+
+  test('layernorm', () => {
+    for (const [T, C] of [[1, 36], [3, 20], [24, 7], [5, 384]] as const) {
+      const x = randomArray(T * C, C, 3);
+      const w = randomArray(C, C + 1);
+      const b = randomArray(C, C + 2);
+      const want = new Float32Array(T * C);
+      layerNorm(want, x, w, b, T, C);
+      const out = new Float32Array(T * C);
+      addon.testing.layernorm('scalar', out, x, w, b, T, C);
+      assert.ok(relDiff(out, want) < 1e-5, `T=${T} C=${C}`);
+    }
+  });
+});
+
+for (const isa of SIMD_ISAS) {
+  const supported = addon?.cpu().supported.includes(isa) ?? false;
+  const skip = supported ? false : `this CPU (or this build's architecture) has no ${isa}`;
+  describe(`${isa} kernels match the scalar reference`, { skip }, () => {
+    test('matmul (GEMM for T > 1, GEMV for T = 1), every epilogue, with and without bias', () => {
+      for (const [T, K, N] of matmulShapes) {
+        const x = randomArray(T * K, T + K);
+        const W = randomArray(N * K, N * 3 + K, 0.2);
+        for (const b of [randomArray(N, N), null]) {
+          for (const epilogue of [0, 1, 2] as const) {
+            const init = randomArray(T * N, 7);
+            const want = init.slice();
+            const got = init.slice();
+            addon.testing.matmul('scalar', want, x, W, b, T, K, N, epilogue);
+            addon.testing.matmul(isa, got, x, W, b, T, K, N, epilogue);
+            const d = relDiff(got, want);
+            assert.ok(d < 1e-5, `T=${T} K=${K} N=${N} bias=${b !== null} epilogue ${epilogue}: ${d}`);
+          }
+        }
+      }
+    });
+
+    test('a row gives the same bits alone (decode) as inside a block (prefill)', () => {
+      const [T, K, N] = [9, 36, 144];
+      const x = randomArray(T * K, 1);
+      const W = randomArray(N * K, 2, 0.2);
+      const block = new Float32Array(T * N);
+      addon.testing.matmul(isa, block, x, W, null, T, K, N, 0);
+      for (let t = 0; t < T; t++) {
+        const row = new Float32Array(N);
+        addon.testing.matmul(isa, row, x.subarray(t * K, (t + 1) * K), W, null, 1, K, N, 0);
+        assert.deepEqual(row, block.subarray(t * N, (t + 1) * N), `row ${t}`);
+      }
+    });
+
+    test('layernorm, with and without bias', () => {
+      for (const [T, C] of [[1, 36], [3, 20], [24, 7], [8, 384], [2, 17]] as const) {
+        const x = randomArray(T * C, C * 5, 4);
+        const w = randomArray(C, C + 1);
+        for (const b of [randomArray(C, C + 2), null]) {
+          const want = new Float32Array(T * C);
+          const got = new Float32Array(T * C);
+          addon.testing.layernorm('scalar', want, x, w, b, T, C);
+          addon.testing.layernorm(isa, got, x, w, b, T, C);
+          assert.ok(relDiff(got, want) < 1e-5, `T=${T} C=${C} bias=${b !== null}: ${relDiff(got, want)}`);
+        }
+      }
+    });
+
+    test('attention: one head, one query, over 1 to blockSize keys', () => {
+      for (const [n, hs, stride] of [[1, 4, 16], [5, 6, 36], [17, 12, 36], [24, 16, 32], [256, 64, 384], [33, 20, 20], [100, 3, 9]] as const) {
+        const q = randomArray(hs, n + hs, 2);
+        const keys = randomArray(n * stride, n * 3, 2);
+        const values = randomArray(n * stride, n * 5);
+        const want = new Float32Array(hs);
+        const got = new Float32Array(hs);
+        addon.testing.attention('scalar', want, q, keys, values, n, hs, stride);
+        addon.testing.attention(isa, got, q, keys, values, n, hs, stride);
+        assert.ok(relDiff(got, want) < 1e-5, `n=${n} hs=${hs}: ${relDiff(got, want)}`);
+      }
+    });
+
+    test('gelu: the vectorised erf is within 1e-6 of the exact one', () => {
+      const n = 4001; // not a multiple of any vector width: the tail path runs too
+      const x = new Float32Array(n);
+      for (let i = 0; i < n; i++) x[i] = -12 + (24 * i) / (n - 1);
+      const got = x.slice();
+      addon.testing.gelu(isa, got);
+      let worst = 0;
+      for (let i = 0; i < n; i++) {
+        const v = x[i] as number;
+        const d = Math.abs((got[i] as number) - gelu64(v)) / Math.max(1, Math.abs(v));
+        worst = Math.max(worst, d);
+      }
+      assert.ok(worst < 1e-6, `max |gelu - exact| / max(1, |x|) = ${worst}`);
+    });
+  });
+}
+
+test('the testing kernels reject bad arguments instead of crashing', () => {
+  assert.throws(() => addon.testing.gelu('avx9000' as AddonIsa, new Float32Array(3)), /unknown instruction set/);
+  assert.throws(() => addon.testing.matmul('scalar', new Float32Array(1), new Float32Array(4), new Float32Array(4), null, 2, 2, 2, 0), /out has 1 elements/);
+  assert.throws(() => addon.testing.gelu('scalar', new Float64Array(3) as unknown as Float32Array), /Float32Array/);
+});

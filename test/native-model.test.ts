@@ -1,0 +1,268 @@
+// The native engine against PyTorch and the js backend: logits, greedy and seeded text, the KV
+// cache in any chunking, thread-count independence, every instruction set, and bad input.
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { after, before, describe, test } from 'node:test';
+import { availableBackends } from '../lib/backends/index.js';
+import { jsBackend } from '../lib/backends/js/index.js';
+import { loadAddon, type AddonIsa } from '../lib/backends/native/binding.js';
+import { nativeBackend } from '../lib/backends/native/index.js';
+import type { ModelConfig } from '../lib/config.js';
+import { loadModel, MicroGPTError, readModelFile, type Model } from '../lib/index.js';
+import type { LayerWeights, ModelWeights } from '../lib/weights.js';
+import { MODEL_NAMES, expected, expectedLogits, fixture, maxAbsDiff } from './helpers.js';
+
+const load = loadAddon();
+const supported: AddonIsa[] = load.addon?.cpu().supported ?? [];
+
+test('the native backend is available (CI builds it from source; a failed build fails here)', () => {
+  const native = availableBackends().find((b) => b.name === 'native');
+  assert.equal(native?.available, true, `native unavailable: ${native?.reason}`);
+  assert.equal(load.reason, null);
+});
+
+test('without a binary, native is unavailable with an actionable reason and auto falls back to js', () => {
+  // PREBUILDS_ONLY makes node-gyp-build ignore build/Release, as if nothing had been built.
+  const script = `
+    const m = await import(${JSON.stringify(new URL('../lib/index.js', import.meta.url).href)});
+    const native = m.availableBackends().find((b) => b.name === 'native');
+    let error = null;
+    try { await m.loadModel(${JSON.stringify(fixture('models', 'tiny-bias'))}, { backend: 'native' }); } catch (e) { error = e.code + ': ' + e.message; }
+    const auto = await m.loadModel(${JSON.stringify(fixture('models', 'tiny-bias'))});
+    console.log(JSON.stringify({ native, error, auto: auto.backend }));`;
+  const r = spawnSync(process.execPath, ['--input-type=module', '-e', script], { env: { ...process.env, PREBUILDS_ONLY: '1' }, encoding: 'utf8' });
+  assert.equal(r.status, 0, r.stderr);
+  const out = JSON.parse(r.stdout) as { native: { available: boolean; reason: string }; error: string; auto: string };
+  assert.equal(out.native.available, false);
+  assert.match(out.native.reason, /no native binary for .*`npm run build:native`/);
+  assert.match(out.error, /^ERR_BACKEND_UNAVAILABLE: backend 'native' is not available: no native binary/);
+  assert.equal(out.auto, 'js');
+});
+
+/** Runs `fn` with MICROGPT_ISA set, restoring it afterwards. */
+async function withIsa<T>(isa: AddonIsa, fn: () => Promise<T>): Promise<T> {
+  const old = process.env['MICROGPT_ISA'];
+  process.env['MICROGPT_ISA'] = isa;
+  try {
+    return await fn();
+  } finally {
+    if (old === undefined) delete process.env['MICROGPT_ISA'];
+    else process.env['MICROGPT_ISA'] = old;
+  }
+}
+
+for (const name of MODEL_NAMES) {
+  const e = expected(name);
+  for (const isa of supported) {
+    describe(`${name} on native/${isa}`, () => {
+      let model: Model;
+      let js: Model;
+      before(async () => {
+        model = await withIsa(isa, () => loadModel(fixture(e.checkpoint), { backend: 'native' }));
+        js = await loadModel(fixture(e.checkpoint), { backend: 'js' });
+      });
+      after(() => {
+        model.dispose();
+        js.dispose();
+      });
+
+      test('logits of every position match PyTorch and the js backend within 1e-4', async () => {
+        assert.equal(model.backend, 'native');
+        const logits = await model.logits(e.logits.ids);
+        assert.ok(maxAbsDiff(logits, expectedLogits(e)) < 1e-4, `vs torch: ${maxAbsDiff(logits, expectedLogits(e))}`);
+        const ref = await js.logits(e.logits.ids);
+        assert.ok(maxAbsDiff(logits, ref) < 1e-4, `vs js: ${maxAbsDiff(logits, ref)}`);
+      });
+
+      test(`greedy decoding of ${e.greedy.maxNewTokens} tokens (past blockSize) is nanoGPT's text`, async () => {
+        const text = await model.generate(e.greedy.prompt, { temperature: 0, maxNewTokens: e.greedy.maxNewTokens });
+        assert.equal(text, e.greedy.continuation);
+      });
+
+      test('the same seed gives the same text as the js backend (and PyTorch)', async () => {
+        for (const s of e.sampled) {
+          const opts = { seed: s.seed, temperature: s.temperature, topK: s.topK, ...(s.topP === null ? {} : { topP: s.topP }) };
+          const text = await model.generate(e.greedy.prompt, { ...opts, maxNewTokens: s.maxNewTokens });
+          assert.equal(text, s.continuation);
+        }
+        for (const seed of [1, 2, 3]) {
+          const opts = { seed, temperature: 1, maxNewTokens: 40 };
+          assert.equal(await model.generate('a', opts), await js.generate('a', opts), `seed ${seed}`);
+        }
+      });
+    });
+  }
+
+  test(`${name}: the native KV cache gives the logits of a full forward pass, in any chunking`, async () => {
+    const file = await readModelFile(fixture(e.checkpoint));
+    const runtime = await nativeBackend.load(file.config, file.weights);
+    const ids = Int32Array.from(e.logits.ids);
+    const T = ids.length;
+    const V = file.config.vocabSize;
+    const full = await runtime.forward(ids);
+    for (const chunks of [[1, 3, ...Array<number>(T - 4).fill(1)], [2, 5, T - 7], [T]]) {
+      const session = runtime.createSession();
+      let at = 0;
+      for (const size of chunks) {
+        const last = size === 1 ? await session.decode(ids[at] as number) : await session.prefill(ids.subarray(at, at + size));
+        at += size;
+        assert.equal(session.length, at);
+        const diff = maxAbsDiff(last, full.subarray((at - 1) * V, at * V));
+        assert.ok(diff < 1e-5, `chunks ${chunks.join(',')}: position ${at - 1}: ${diff}`);
+      }
+      session.reset();
+      assert.equal(session.length, 0);
+      const again = await session.prefill(ids.subarray(0, 1));
+      assert.ok(maxAbsDiff(again, full.subarray(0, V)) < 1e-6);
+      await assert.rejects(session.prefill(ids), /exceeds blockSize/);
+      session.dispose();
+    }
+    runtime.dispose();
+  });
+}
+
+// ---- a random model wide enough that the work is split across threads ----------------------
+
+function randomWeights(config: ModelConfig, seed: number): ModelWeights {
+  let s = seed >>> 0;
+  const next = () => {
+    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
+    return s / 4294967296 - 0.5;
+  };
+  const C = config.nEmbd;
+  const t = (n: number, scale = 0.08) => {
+    const a = new Float32Array(n);
+    for (let i = 0; i < n; i++) a[i] = next() * scale;
+    return a;
+  };
+  const ones = (n: number) => {
+    const a = t(n, 0.2);
+    for (let i = 0; i < n; i++) a[i] = (a[i] as number) + 1;
+    return a;
+  };
+  const b = (n: number) => (config.bias ? t(n, 0.02) : null);
+  const layers: LayerWeights[] = [];
+  for (let l = 0; l < config.nLayer; l++) {
+    layers.push({
+      ln1Weight: ones(C), ln1Bias: b(C),
+      attnWeight: t(3 * C * C), attnBias: b(3 * C),
+      attnProjWeight: t(C * C), attnProjBias: b(C),
+      ln2Weight: ones(C), ln2Bias: b(C),
+      mlpFcWeight: t(4 * C * C), mlpFcBias: b(4 * C),
+      mlpProjWeight: t(4 * C * C, 0.04), mlpProjBias: b(C),
+    });
+  }
+  return { wte: t(config.vocabSize * C, 1), wpe: t(config.blockSize * C, 0.5), layers, lnfWeight: ones(C), lnfBias: b(C) };
+}
+
+describe('a random 2-layer, 192-wide model (work split across threads)', () => {
+  const config: ModelConfig = { vocabSize: 65, blockSize: 64, nLayer: 2, nHead: 6, nEmbd: 192, bias: true };
+  const weights = randomWeights(config, 42);
+  const ids = Int32Array.from({ length: 64 }, (_, i) => (i * 7 + 3) % 65);
+
+  test('js and native agree within 1e-4 on every position', async () => {
+    const js = await jsBackend.load(config, weights);
+    const native = await nativeBackend.load(config, weights);
+    const d = maxAbsDiff(await native.forward(ids), await js.forward(ids));
+    assert.ok(d < 1e-4, `${d}`);
+    native.dispose();
+  });
+
+  for (const isa of supported) {
+    test(`${isa}: threads=1 and threads=2 give bit-identical logits, prefill and decode`, async () => {
+      const one = await nativeBackend.load(config, weights, { threads: 1, isa });
+      const two = await nativeBackend.load(config, weights, { threads: 2, isa });
+      assert.equal(two.threads, 2);
+      assert.deepEqual(await one.forward(ids), await two.forward(ids));
+      const s1 = one.createSession();
+      const s2 = two.createSession();
+      assert.deepEqual(await s1.prefill(ids.subarray(0, 40)), await s2.prefill(ids.subarray(0, 40)));
+      for (let i = 40; i < 64; i++) assert.deepEqual(await s1.decode(ids[i] as number), await s2.decode(ids[i] as number));
+      one.dispose();
+      two.dispose();
+    });
+  }
+});
+
+describe('bad input gives errors, not crashes', () => {
+  const e = expected('tiny-bias');
+  let model: Model;
+  before(async () => {
+    model = await loadModel(fixture(e.checkpoint), { backend: 'native' });
+  });
+  after(() => model.dispose());
+
+  test('token ids out of range, wrong array types, wrong lengths', async () => {
+    const file = await readModelFile(fixture(e.checkpoint));
+    const runtime = await nativeBackend.load(file.config, file.weights);
+    await assert.rejects(runtime.forward(Int32Array.of(1, 65)), /ids\[1\] = 65 is not a token id/);
+    await assert.rejects(runtime.forward(Int32Array.of(-1)), /is not a token id/);
+    await assert.rejects(runtime.forward(new Int32Array(0)), /empty/);
+    await assert.rejects(runtime.forward(new Int32Array(file.config.blockSize + 1)), /exceeds blockSize/);
+    await assert.rejects(runtime.forward(new Float32Array(2) as unknown as Int32Array), /Int32Array/);
+    const session = runtime.createSession();
+    await assert.rejects(session.prefill(Int32Array.of(70)), /not a token id/);
+    await assert.rejects(session.decode(1.5e9), /not a token id/);
+    assert.equal(session.length, 0);
+    await session.prefill(new Int32Array(file.config.blockSize).fill(3));
+    await assert.rejects(session.decode(1), /exceeds blockSize/);
+    session.dispose();
+    runtime.dispose();
+    await assert.rejects(model.logits([1, 99]), /not a token id/);
+  });
+
+  test('a disposed model or session is an ERR_DISPOSED error', async () => {
+    const file = await readModelFile(fixture(e.checkpoint));
+    const runtime = await nativeBackend.load(file.config, file.weights);
+    const session = runtime.createSession();
+    const other = runtime.createSession();
+    session.dispose();
+    await assert.rejects(session.prefill(Int32Array.of(1)), (err: unknown) => err instanceof MicroGPTError && err.code === 'ERR_DISPOSED');
+    runtime.dispose();
+    runtime.dispose(); // twice is fine
+    await assert.rejects(runtime.forward(Int32Array.of(1)), (err: unknown) => err instanceof MicroGPTError && err.code === 'ERR_DISPOSED');
+    await assert.rejects(other.decode(1), (err: unknown) => err instanceof MicroGPTError && err.code === 'ERR_DISPOSED');
+    assert.throws(() => runtime.createSession(), (err: unknown) => err instanceof MicroGPTError && err.code === 'ERR_DISPOSED');
+  });
+
+  test('dispose while a pass is running: the pass finishes, the memory goes afterwards', async () => {
+    const file = await readModelFile(fixture(e.checkpoint));
+    const runtime = await nativeBackend.load(file.config, file.weights);
+    const session = runtime.createSession();
+    const pending = [runtime.forward(Int32Array.of(1, 2, 3)), session.prefill(Int32Array.of(4, 5))];
+    session.dispose();
+    runtime.dispose();
+    const [all, last] = await Promise.all(pending);
+    assert.equal(all?.length, 3 * 65);
+    assert.equal(last?.length, 65);
+  });
+
+  test('the raw addon checks its arguments too (defence in depth)', async () => {
+    const addon = load.addon!;
+    const file = await readModelFile(fixture(e.checkpoint));
+    const config = file.config;
+    assert.throws(() => new addon.Model({ ...config, nEmbd: 33 }, { threads: 1 }), /multiple of nHead/);
+    assert.throws(() => new addon.Model({ ...config, nLayer: 0 }, { threads: 1 }), /positive integer/);
+    assert.throws(() => new addon.Model(config, { threads: 1, isa: 'mmx' as AddonIsa }), /unknown instruction set/);
+    const m = new addon.Model(config, { threads: 1 });
+    assert.throws(() => m.forward(Int32Array.of(1)), /not loaded/);
+    const w = file.weights;
+    const tensors: (Float32Array | null)[] = [w.wte, w.wpe, w.lnfWeight, w.lnfBias];
+    for (const l of w.layers) {
+      tensors.push(l.ln1Weight, l.ln1Bias, l.attnWeight, l.attnBias, l.attnProjWeight, l.attnProjBias);
+      tensors.push(l.ln2Weight, l.ln2Bias, l.mlpFcWeight, l.mlpFcBias, l.mlpProjWeight, l.mlpProjBias);
+    }
+    assert.throws(() => m.load([]), new RegExp(`expected ${tensors.length} tensors, got 0`));
+    assert.throws(() => m.load(tensors.map(() => null)), /must be a Float32Array/);
+    assert.throws(() => m.load([w.wpe, ...tensors.slice(1)]), /tensor 0 has \d+ elements, expected \d+/);
+    await m.load(tensors);
+    const s = m.createSession();
+    const first = s.prefill(Int32Array.of(1));
+    assert.throws(() => s.prefill(Int32Array.of(2)), /still running/);
+    assert.throws(() => s.reset(), /while its prefill is running/);
+    await first;
+    assert.throws(() => new addon.Session() as unknown, /createSession/);
+    m.dispose();
+    assert.throws(() => s.prefill(Int32Array.of(1)), /disposed/);
+  });
+});
