@@ -114,6 +114,43 @@ Napi::Value bench_pool(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), dt.count() / reps);
 }
 
+// benchFmaPeak(isa, threads, iters): GFLOP/s of register-only FMAs on `threads` threads at once,
+// the ceiling a GEMM is measured against. Synchronous: keep `iters` to a fraction of a second.
+Napi::Value bench_fma_peak(const Napi::CallbackInfo& info) {
+  const Kernels& k = kernels_arg(info);
+  const int threads = positive(info, 1, "threads"), iters = positive(info, 2, "iters");
+  ThreadPool pool(threads);
+  std::vector<float> sink(threads);
+  pool.run(threads, [&](int i) { sink[i] = k.fma_loop(iters / 16); });  // warm up clocks and threads
+  const auto t0 = std::chrono::steady_clock::now();
+  pool.run(threads, [&](int i) { sink[i] += k.fma_loop(iters); });
+  const std::chrono::duration<double> dt = std::chrono::steady_clock::now() - t0;
+  volatile float keep = sink[0];
+  (void)keep;
+  return Napi::Number::New(info.Env(), static_cast<double>(iters) * k.fma_flops_per_iter * threads / dt.count() / 1e9);
+}
+
+// benchReadBandwidth(isa, megabytes, threads, reps): GB/s of vector loads streaming a buffer of
+// that size, split in equal slices across the threads: the ceiling of memory-bound decoding.
+Napi::Value bench_read_bandwidth(const Napi::CallbackInfo& info) {
+  const Kernels& k = kernels_arg(info);
+  const int megabytes = positive(info, 1, "megabytes"), threads = positive(info, 2, "threads"), reps = positive(info, 3, "reps");
+  if (megabytes > 8192) throw Napi::RangeError::New(info.Env(), "megabytes must be at most 8192");
+  const size_t n = static_cast<size_t>(megabytes) * (1 << 20) / sizeof(float);
+  std::vector<float> buffer(n, 1.0f);  // written once: every page is really there
+  ThreadPool pool(threads);
+  std::vector<float> sink(threads);
+  const size_t slice = n / threads;
+  auto pass = [&](int i) { sink[i] += k.read_sum(buffer.data() + slice * i, i == threads - 1 ? n - slice * i : slice); };
+  pool.run(threads, pass);
+  const auto t0 = std::chrono::steady_clock::now();
+  for (int r = 0; r < reps; r++) pool.run(threads, pass);
+  const std::chrono::duration<double> dt = std::chrono::steady_clock::now() - t0;
+  volatile float keep = sink[0];
+  (void)keep;
+  return Napi::Number::New(info.Env(), static_cast<double>(n) * sizeof(float) * reps / dt.count() / 1e9);
+}
+
 }  // namespace
 
 Napi::Object make_testing(Napi::Env env) {
@@ -124,6 +161,8 @@ Napi::Object make_testing(Napi::Env env) {
   t.Set("gelu", Napi::Function::New(env, test_gelu, "gelu"));
   t.Set("benchPool", Napi::Function::New(env, bench_pool, "benchPool"));
   t.Set("benchMatmul", Napi::Function::New(env, bench_matmul, "benchMatmul"));
+  t.Set("benchFmaPeak", Napi::Function::New(env, bench_fma_peak, "benchFmaPeak"));
+  t.Set("benchReadBandwidth", Napi::Function::New(env, bench_read_bandwidth, "benchReadBandwidth"));
   return t;
 }
 

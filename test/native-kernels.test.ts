@@ -177,3 +177,28 @@ test('the testing kernels reject bad arguments instead of crashing', () => {
   assert.throws(() => addon.testing.matmul('scalar', new Float32Array(1), new Float32Array(4), new Float32Array(4), null, 2, 2, 2, 0), /out has 1 elements/);
   assert.throws(() => addon.testing.gelu('scalar', new Float64Array(3) as unknown as Float32Array), /Float32Array/);
 });
+
+// The benchmark's machine probes: they only report rates, so check that every instruction set's
+// probe runs, gives a plausible rate, and that the SIMD ones beat the scalar loop they replace.
+describe('machine probes (FMA peak, read bandwidth)', () => {
+  const isas = addon.cpu().supported;
+  test('every supported instruction set reports positive, finite rates', () => {
+    for (const isa of isas) {
+      const gflops = addon.testing.benchFmaPeak(isa, 1, 200_000);
+      const gbs = addon.testing.benchReadBandwidth(isa, 4, 1, 3);
+      assert.ok(Number.isFinite(gflops) && gflops > 0.1, `${isa} FMA ${gflops}`);
+      assert.ok(Number.isFinite(gbs) && gbs > 0.1, `${isa} read ${gbs}`);
+    }
+  });
+  test('vector FMAs outrun scalar ones', () => {
+    const best = addon.cpu().best;
+    if (best === 'scalar') return;
+    const scalar = addon.testing.benchFmaPeak('scalar', 1, 1_000_000);
+    const simd = addon.testing.benchFmaPeak(best, 1, 1_000_000);
+    assert.ok(simd > 2 * scalar, `${best} ${simd} vs scalar ${scalar} GFLOP/s`);
+  });
+  test('bad arguments are errors, not crashes', () => {
+    assert.throws(() => addon.testing.benchReadBandwidth('scalar', 9000, 1, 1), /megabytes must be at most 8192/);
+    assert.throws(() => addon.testing.benchFmaPeak('scalar', 0, 10), /threads must be from 1/);
+  });
+});

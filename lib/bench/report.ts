@@ -6,6 +6,9 @@ export function formatBenchReport(report: BenchReport): string {
   const engines = [...new Set(report.shapes.flatMap((s) => Object.keys(s.engines)))] as BackendName[];
   const lines: string[] = [];
   lines.push(`${report.machine.cpu}, ${report.machine.logicalCores} logical cores, ${report.threads} threads, Node ${report.machine.node}, ${report.date.slice(0, 10)}`);
+  if (report.native !== undefined) {
+    lines.push(`native engine: ${report.native.isa} kernels; this CPU's FMA peak, measured in the same run: ${report.native.fmaPeakGflops.median.toFixed(1)} GFLOP/s on ${report.threads} threads`);
+  }
   lines.push('');
   lines.push(`| shape | figure | ${engines.join(' | ')} |${engines.length > 1 ? ` ${engines[0]}/${engines[engines.length - 1]} |` : ''}`);
   lines.push(`| --- | --- |${engines.map(() => ' ---: |').join('')}${engines.length > 1 ? ' ---: |' : ''}`);
@@ -21,10 +24,20 @@ export function formatBenchReport(report: BenchReport): string {
       lines.push(`| ${shape.shape} | ${label} | ${figures.map(cell).join(' | ')} |${ratioCell(figures)}`);
     }
   }
+  const bandwidthLines = report.shapes.flatMap((s) => {
+    if (s.bandwidth === undefined) return [];
+    const fractions = Object.entries(s.bandwidth.decodeFraction).map(([e, f]) => `${e} ${(100 * (f as number)).toFixed(1)} %`);
+    return [`${s.shape}: reading its ${(s.weightBytes / 1e6).toFixed(0)} MB of fp32 weights runs at ${s.bandwidth.readGBs.median.toFixed(1)} GB/s; batch-1 decode (weight bytes × tokens/s) reaches ${fractions.join(', ')} of that`];
+  });
+  if (bandwidthLines.length > 0) lines.push('', ...bandwidthLines.map((l) => `- ${l}`));
+  const withPeak = report.gemm.some((g) => g.peakFraction !== undefined);
   lines.push('');
-  lines.push(`| GEMM (GFLOP/s) | ${engines.join(' | ')} |`);
-  lines.push(`| --- |${engines.map(() => ' ---: |').join('')}`);
-  for (const g of report.gemm) lines.push(`| ${g.label} (${g.M}×${g.N}×${g.K}) | ${engines.map((e) => cell(g.engines[e])).join(' | ')} |`);
+  lines.push(`| GEMM (GFLOP/s) | ${engines.join(' | ')} |${withPeak ? ' native / FMA peak |' : ''}`);
+  lines.push(`| --- |${engines.map(() => ' ---: |').join('')}${withPeak ? ' ---: |' : ''}`);
+  for (const g of report.gemm) {
+    const peak = withPeak ? ` ${g.peakFraction === undefined ? '–' : `${(100 * g.peakFraction).toFixed(0)} %`} |` : '';
+    lines.push(`| ${g.label} (${g.M}×${g.N}×${g.K}) | ${engines.map((e) => cell(g.engines[e])).join(' | ')} |${peak}`);
+  }
   const notes = report.shapes.flatMap((s) => engines.flatMap((e) => Object.values(s.engines[e] ?? {}).filter((f) => f.note !== undefined).map((f) => `${s.shape}, ${e}: ${f.note}`)));
   for (const note of [...new Set(notes)]) lines.push(`\n* ${note}`);
   return lines.join('\n');

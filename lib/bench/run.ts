@@ -12,6 +12,7 @@ import { invalidArgument } from '../errors.js';
 import { createModel } from '../load.js';
 import type { Model } from '../model.js';
 import { Rng } from '../sampling/rng.js';
+import { nativeProbes, type MachineProbes } from './probes.js';
 import { BENCH_SHAPES, randomWeights, syntheticVocab } from './shapes.js';
 
 export interface BenchOptions {
@@ -49,6 +50,8 @@ export interface ShapeReport {
   /** fp32 bytes a decode step reads: every weight once (lm_head is wte). */
   readonly weightBytes: number;
   readonly engines: Partial<Record<BackendName, EngineFigures>>;
+  /** GB/s reading a buffer of weightBytes (native probe), and batch-1 decode as a fraction of it. */
+  readonly bandwidth?: { readonly readGBs: Figure; readonly decodeFraction: Partial<Record<BackendName, number>> };
 }
 
 export interface GemmReport {
@@ -57,12 +60,16 @@ export interface GemmReport {
   readonly K: number;
   readonly label: string;
   readonly engines: Partial<Record<BackendName, Figure>>;
+  /** The native GEMM as a fraction of the FMA peak. */
+  readonly peakFraction?: number;
 }
 
 export interface BenchReport {
   readonly date: string;
   readonly machine: { cpu: string; logicalCores: number; node: string; platform: string };
   readonly threads: number;
+  /** Instruction set of the native engine and its probes, and the FMA peak they measured. */
+  readonly native?: { readonly isa: string; readonly fmaPeakGflops: Figure };
   readonly shapes: ShapeReport[];
   readonly gemm: GemmReport[];
 }
@@ -83,6 +90,14 @@ export async function runBench(options: BenchOptions = {}): Promise<BenchReport>
   if (!Number.isInteger(runs) || runs < 1 || runs > 100) throw invalidArgument(`runs must be an integer from 1 to 100, got ${runs}`);
   const threads = options.threads ?? availableParallelism();
 
+  const probes = engines.includes('native') ? nativeProbes() : null;
+  let native: BenchReport['native'];
+  if (probes !== null) {
+    const fmaPeakGflops = sampled(runs, 'GFLOP/s', () => probes.fmaPeak(threads));
+    native = { isa: probes.isa, fmaPeakGflops };
+    log(`native (${probes.isa}): FMA peak ${fmaPeakGflops.median.toFixed(1)} GFLOP/s on ${threads} threads`);
+  }
+
   const shapes: ShapeReport[] = [];
   for (const shape of shapeNames) {
     const config = BENCH_SHAPES[shape] as ModelConfig;
@@ -98,13 +113,25 @@ export async function runBench(options: BenchOptions = {}): Promise<BenchReport>
         model.dispose();
       }
     }
-    shapes.push(report);
+    if (probes !== null) {
+      const megabytes = Math.ceil(report.weightBytes / 2 ** 20);
+      const readGBs = sampled(runs, 'GB/s', () => probes.readBandwidth(megabytes, threads));
+      const decodeFraction: Partial<Record<BackendName, number>> = {};
+      for (const [engine, figures] of Object.entries(report.engines) as [BackendName, EngineFigures][]) {
+        decodeFraction[engine] = (report.weightBytes * figures.decodeBatch1.median) / 1e9 / readGBs.median;
+      }
+      log(`${shape}: reading ${megabytes} MB at ${readGBs.median.toFixed(1)} GB/s`);
+      shapes.push({ ...report, bandwidth: { readGBs, decodeFraction } });
+    } else {
+      shapes.push(report);
+    }
   }
-  const gemm = await measureJsGemm(engines, Math.min(runs, JS_RUNS), log);
+  const gemm = await measureGemm(engines, probes, threads, runs, log, native?.fmaPeakGflops.median);
   return {
     date: new Date().toISOString(),
     machine: { cpu: cpus()[0]?.model.trim() ?? 'unknown', logicalCores: availableParallelism(), node: process.version, platform: `${process.platform}-${process.arch}` },
     threads,
+    ...(native === undefined ? {} : { native }),
     shapes,
     gemm,
   };
@@ -172,16 +199,29 @@ export const GEMM_SHAPES = [
   { label: 'char-10M mlp c_proj', M: 256, N: 384, K: 1536 },
 ] as const;
 
-async function measureJsGemm(engines: BackendName[], runs: number, log: (line: string) => void): Promise<GemmReport[]> {
+async function measureGemm(
+  engines: BackendName[],
+  probes: MachineProbes | null,
+  threads: number,
+  runs: number,
+  log: (line: string) => void,
+  peak: number | undefined,
+): Promise<GemmReport[]> {
   const out: GemmReport[] = [];
   for (const { label, M, N, K } of GEMM_SHAPES) {
-    const report: GemmReport = { label, M, N, K, engines: {} };
+    let report: GemmReport = { label, M, N, K, engines: {} };
+    if (probes !== null) {
+      const figure = sampled(runs, 'GFLOP/s', () => probes.gemm(M, N, K, threads));
+      report.engines.native = figure;
+      if (peak !== undefined) report = { ...report, peakFraction: figure.median / peak };
+      log(`native GEMM ${label}: ${figure.median.toFixed(1)} GFLOP/s`);
+    }
     if (engines.includes('js')) {
       const rng = new Rng(3);
       const x = Float32Array.from({ length: M * K }, () => rng.uniform() - 0.5);
       const w = Float32Array.from({ length: N * K }, () => rng.uniform() - 0.5);
       const y = new Float32Array(M * N);
-      report.engines.js = await timed(runs, 'GFLOP/s', async () => {
+      report.engines.js = await timed(Math.min(runs, JS_RUNS), 'GFLOP/s', async () => {
         linear(y, x, w, null, M, K, N);
         return (2 * M * N * K) / 1e9;
       });
@@ -206,6 +246,12 @@ async function timed(runs: number, unit: string, work: () => Promise<number>, no
     rates.push(amount / seconds);
   }
   return { median: median(rates), runs: rates, unit, ...(note === undefined ? {} : { note }) };
+}
+
+/** `runs` rates measured by the callee itself (the native probes time their own loops). */
+function sampled(runs: number, unit: string, rate: () => number): Figure {
+  const rates = Array.from({ length: runs }, rate);
+  return { median: median(rates), runs: rates, unit };
 }
 
 export function median(values: number[]): number {

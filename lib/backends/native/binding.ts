@@ -70,6 +70,10 @@ export interface AddonTesting {
   benchMatmul(isa: AddonIsa, T: number, K: number, N: number, threads: number, reps: number): number;
   /** Kernel lab: seconds per empty run over a fresh pool of `threads` (the cost of one split). */
   benchPool(threads: number, reps: number): number;
+  /** Machine probe: GFLOP/s of register-only FMAs on `threads` threads (the compute ceiling). */
+  benchFmaPeak(isa: AddonIsa, threads: number, iters: number): number;
+  /** Machine probe: GB/s reading a buffer of `megabytes` with vector loads on `threads` threads. */
+  benchReadBandwidth(isa: AddonIsa, megabytes: number, threads: number, reps: number): number;
 }
 
 export interface Addon {
