@@ -1,6 +1,13 @@
 // The Model and Session classes JavaScript sees. Every forward pass runs on a Napi::AsyncWorker
 // (libuv's thread pool) and settles a Promise; the event loop never waits for a kernel.
 //
+// Batching: a worker carries a group of requests (Model.prefillMany: one per session; a plain
+// prefill or forward: one) and hands them to Model::run, which batches them with whatever other
+// workers have queued (continuous batching), then settles all its promises in one callback. One
+// group per call, not one worker per request: libuv runs at most 4 workers at once, so requests
+// spread over 8 workers could not all meet in one pass; and a group settled together comes back
+// together, so sessions stepping in lockstep stay in one batch.
+//
 // Lifetime: a NativeModel owns a shared_ptr<Model>; each queued worker holds another, so
 // dispose() drops the model's reference at once and the memory goes when the last pending pass
 // ends. Sessions hold the NativeModel's shared_ptr<Handle>, not the Model, so a disposed model is
@@ -124,63 +131,77 @@ class LoadWorker : public Napi::AsyncWorker {
   std::shared_ptr<Model> model_;
 };
 
-// A forward pass: of a whole sequence into a fresh cache (forward), or of new tokens appended to
-// a session's cache (prefill). Writes into a Float32Array made on the main thread.
-class ForwardWorker : public Napi::AsyncWorker {
+// One request of a group: a whole sequence into a fresh cache (Model.forward), or new tokens
+// appended to a session's cache (prefill). Made and settled on the main thread.
+struct PassEntry {
+  Napi::ObjectReference receiver;  // the JS model or session stays alive while work is pending
+  Napi::Promise::Deferred deferred;
+  Napi::ObjectReference out_ref;   // the logits array the promise resolves to
+  std::shared_ptr<SessionState> session;  // null for Model.forward: a scratch cache instead
+  std::vector<int> ids;
+  ForwardRequest request;
+  KVCache scratch_cache;
+  std::string error;  // why the request failed before its pass (allocation)
+  std::function<void(bool)> on_settled;  // runs on the main thread before the promise settles
+
+  PassEntry(Napi::Object receiver_object, Napi::Float32Array out, std::shared_ptr<SessionState> state,
+            std::vector<int> token_ids, int start, bool all_positions, std::function<void(bool)> settled)
+      : receiver(Napi::Persistent(receiver_object)),
+        deferred(Napi::Promise::Deferred::New(receiver_object.Env())),
+        out_ref(Napi::Persistent(static_cast<Napi::Object>(out))),
+        session(std::move(state)),
+        ids(std::move(token_ids)),
+        request{nullptr, start, nullptr, static_cast<int>(ids.size()), out.Data(), all_positions, std::string(), false},
+        on_settled(std::move(settled)) {}
+};
+
+// Runs a group of requests through Model::run and settles each one's promise.
+class PassWorker : public Napi::AsyncWorker {
  public:
-  ForwardWorker(Napi::Object receiver, std::shared_ptr<Model> model, std::shared_ptr<SessionState> session,
-                std::vector<int> ids, int start, Napi::Float32Array out, bool all_positions,
-                std::function<void(bool)> on_settled)
-      : Napi::AsyncWorker(receiver.Env(), "microgpt.forward"),
-        receiver_(Napi::Persistent(receiver)),
-        deferred_(Napi::Promise::Deferred::New(receiver.Env())),
-        model_(std::move(model)),
-        session_(std::move(session)),
-        ids_(std::move(ids)),
-        start_(start),
-        out_ref_(Napi::Persistent(static_cast<Napi::Object>(out))),
-        out_(out.Data()),
-        all_positions_(all_positions),
-        on_settled_(std::move(on_settled)) {}
-  Napi::Promise promise() { return deferred_.Promise(); }
+  PassWorker(Napi::Env env, std::shared_ptr<Model> model, std::vector<std::unique_ptr<PassEntry>> entries)
+      : Napi::AsyncWorker(env, "microgpt.forward"), model_(std::move(model)), entries_(std::move(entries)) {}
 
   void Execute() override {
-    try {
-      KVCache scratch_cache;
-      KVCache* cache = &scratch_cache;
-      if (session_) {
-        if (!session_->cache) session_->cache = std::make_unique<KVCache>(model_->new_kv_cache(model_->config().block_size));
-        cache = session_->cache.get();
-      } else {
-        scratch_cache = model_->new_kv_cache(static_cast<int>(ids_.size()));
+    std::vector<ForwardRequest*> ready;
+    for (auto& e : entries_) {
+      try {
+        if (e->session) {
+          if (!e->session->cache) {
+            e->session->cache = std::make_unique<KVCache>(model_->new_kv_cache(model_->config().block_size));
+          }
+          e->request.cache = e->session->cache.get();
+        } else {
+          e->scratch_cache = model_->new_kv_cache(e->request.T);
+          e->request.cache = &e->scratch_cache;
+        }
+        e->request.ids = e->ids.data();
+        ready.push_back(&e->request);
+      } catch (const std::bad_alloc&) {
+        e->error = "out of memory in the native engine's forward pass";
       }
-      model_->forward(*cache, start_, ids_.data(), static_cast<int>(ids_.size()), out_, all_positions_);
-    } catch (const std::bad_alloc&) {
-      SetError("out of memory in the native engine's forward pass");
-    } catch (const std::exception& e) {
-      SetError(std::string("the native forward pass failed: ") + e.what());
+    }
+    try {
+      model_->run(ready.data(), static_cast<int>(ready.size()));
+    } catch (const std::exception& ex) {  // checked before queuing; defence in depth
+      for (ForwardRequest* r : ready) r->error = std::string("the native forward pass failed: ") + ex.what();
     }
   }
   void OnOK() override {
-    if (on_settled_) on_settled_(true);
-    deferred_.Resolve(out_ref_.Value());
-  }
-  void OnError(const Napi::Error& e) override {
-    if (on_settled_) on_settled_(false);
-    deferred_.Reject(e.Value());
+    Napi::Env env = Env();
+    for (auto& e : entries_) {
+      const std::string& error = e->error.empty() ? e->request.error : e->error;
+      if (e->on_settled) e->on_settled(error.empty());
+      if (error.empty()) {
+        e->deferred.Resolve(e->out_ref.Value());
+      } else {
+        e->deferred.Reject(Napi::Error::New(env, error).Value());
+      }
+    }
   }
 
  private:
-  Napi::ObjectReference receiver_;  // the JS model or session stays alive while work is pending
-  Napi::Promise::Deferred deferred_;
   std::shared_ptr<Model> model_;
-  std::shared_ptr<SessionState> session_;
-  std::vector<int> ids_;
-  int start_;
-  Napi::ObjectReference out_ref_;
-  float* out_;
-  bool all_positions_;
-  std::function<void(bool)> on_settled_;  // runs on the main thread before the promise settles
+  std::vector<std::unique_ptr<PassEntry>> entries_;
 };
 
 // ---- Model ------------------------------------------------------------------------------------
@@ -191,6 +212,8 @@ class NativeModel : public Napi::ObjectWrap<NativeModel> {
     return DefineClass(env, "Model",
                        {InstanceMethod<&NativeModel::load>("load"),
                         InstanceMethod<&NativeModel::forward>("forward"),
+                        InstanceMethod<&NativeModel::prefill_many>("prefillMany"),
+                        InstanceMethod<&NativeModel::stats>("stats"),
                         InstanceMethod<&NativeModel::create_session>("createSession"),
                         InstanceMethod<&NativeModel::dispose>("dispose"),
                         InstanceAccessor<&NativeModel::isa>("isa"),
@@ -270,10 +293,29 @@ class NativeModel : public Napi::ObjectWrap<NativeModel> {
     const Config& c = handle_->config;
     std::vector<int> ids = token_ids(info[0], c.block_size, c.vocab_size, 0);
     Napi::Float32Array out = Napi::Float32Array::New(env, ids.size() * static_cast<size_t>(c.vocab_size));
-    auto* worker = new ForwardWorker(Value(), std::move(model), nullptr, std::move(ids), 0, out, true, nullptr);
-    Napi::Promise p = worker->promise();
-    worker->Queue();
+    std::vector<std::unique_ptr<PassEntry>> entries;
+    entries.push_back(std::make_unique<PassEntry>(Value(), out, nullptr, std::move(ids), 0, true, nullptr));
+    Napi::Promise p = entries.front()->deferred.Promise();
+    (new PassWorker(env, std::move(model), std::move(entries)))->Queue();
     return p;
+  }
+
+  // prefillMany(sessions: Session[], ids: Int32Array[]): Promise<Float32Array>[], as
+  // sessions[i].prefill(ids[i]) for every i, queued as one group so that they share batched
+  // passes and settle together. A problem with one pair rejects its promise only.
+  Napi::Value prefill_many(const Napi::CallbackInfo& info);
+
+  // stats(): what Model::run has done; proof of batching for the tests.
+  Napi::Value stats(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    const BatchStats s = live(env)->stats();
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("passes", Napi::Number::New(env, static_cast<double>(s.passes)));
+    o.Set("requests", Napi::Number::New(env, static_cast<double>(s.requests)));
+    o.Set("decodeRows", Napi::Number::New(env, static_cast<double>(s.decode_rows)));
+    o.Set("largestBatch", Napi::Number::New(env, static_cast<double>(s.largest_batch)));
+    o.Set("busySeconds", Napi::Number::New(env, s.busy_seconds));
+    return o;
   }
 
   Napi::Value create_session(const Napi::CallbackInfo& info) {
@@ -327,11 +369,23 @@ class NativeSession : public Napi::ObjectWrap<NativeSession> {
   // prefill(ids: Int32Array): Promise<Float32Array>, the logits (vocabSize) of the last id.
   Napi::Value prefill(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
+    std::vector<std::unique_ptr<PassEntry>> entries;
+    entries.push_back(begin(info[0]));
+    Napi::Promise p = entries.front()->deferred.Promise();
+    (new PassWorker(env, handle_->model, std::move(entries)))->Queue();
+    return p;
+  }
+
+ public:
+  // Checks a prefill of `ids` and marks the session busy: the request for a PassWorker. Throws
+  // (a JS error) when the session cannot take it.
+  std::unique_ptr<PassEntry> begin(Napi::Value ids_value) {
+    Napi::Env env = ids_value.Env();
     if (!state_) throw disposed_error(env, "session");
     if (handle_->disposed || !handle_->model) throw disposed_error(env, "model");
     if (busy_) throw Napi::Error::New(env, "a prefill on this session is still running: await it before the next call");
     const Config& c = handle_->config;
-    std::vector<int> ids = token_ids(info[0], c.block_size - length_, c.vocab_size, length_);
+    std::vector<int> ids = token_ids(ids_value, c.block_size - length_, c.vocab_size, length_);
     const int start = length_;
     const int T = static_cast<int>(ids.size());
     // One logits array per session, reused by every call (the interface allows it): no 200 KB
@@ -339,17 +393,16 @@ class NativeSession : public Napi::ObjectWrap<NativeSession> {
     if (logits_.IsEmpty()) logits_ = Napi::Persistent(static_cast<Napi::Object>(Napi::Float32Array::New(env, c.vocab_size)));
     Napi::Float32Array out = logits_.Value().As<Napi::Float32Array>();
     busy_ = true;
-    auto* worker = new ForwardWorker(Value(), handle_->model, state_, std::move(ids), start, out, false, [this, start, T](bool ok) {
-      // Main thread; the worker's receiver reference keeps this object alive until now.
+    return std::make_unique<PassEntry>(Value(), out, state_, std::move(ids), start, false, [this, start, T](bool ok) {
+      // Main thread; the entry's receiver reference keeps this object alive until now.
       busy_ = false;
       length_ = ok ? start + T : start;
       if (!state_) logits_.Reset();  // disposed while running
     });
-    Napi::Promise p = worker->promise();
-    worker->Queue();
-    return p;
   }
+  bool belongs_to(const std::shared_ptr<Handle>& handle) const { return handle_ == handle; }
 
+ private:
   void reset(const Napi::CallbackInfo& info) {
     if (!state_) throw disposed_error(info.Env(), "session");
     if (busy_) throw Napi::Error::New(info.Env(), "cannot reset a session while its prefill is running");
@@ -371,6 +424,43 @@ class NativeSession : public Napi::ObjectWrap<NativeSession> {
 };
 
 }  // namespace
+
+Napi::Value NativeModel::prefill_many(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  std::shared_ptr<Model> model = live(env);
+  if (info.Length() < 2 || !info[0].IsArray() || !info[1].IsArray()) {
+    throw Napi::TypeError::New(env, "prefillMany(sessions, ids): sessions and ids must be arrays");
+  }
+  Napi::Array sessions = info[0].As<Napi::Array>();
+  Napi::Array ids = info[1].As<Napi::Array>();
+  if (sessions.Length() != ids.Length()) {
+    throw Napi::RangeError::New(env, "prefillMany: " + std::to_string(sessions.Length()) + " sessions but " +
+                                         std::to_string(ids.Length()) + " id arrays; give one per session");
+  }
+  Napi::Function session_class = addon_data(env)->session_class.Value();
+  Napi::Array promises = Napi::Array::New(env, sessions.Length());
+  std::vector<std::unique_ptr<PassEntry>> entries;
+  for (uint32_t i = 0; i < sessions.Length(); i++) {
+    try {
+      Napi::Value v = sessions.Get(i);
+      if (!v.IsObject() || !v.As<Napi::Object>().InstanceOf(session_class)) {
+        throw Napi::TypeError::New(env, "prefillMany: sessions[" + std::to_string(i) + "] is not a Session");
+      }
+      NativeSession* session = NativeSession::Unwrap(v.As<Napi::Object>());
+      if (!session->belongs_to(handle_)) {
+        throw Napi::Error::New(env, "prefillMany: sessions[" + std::to_string(i) + "] belongs to another model");
+      }
+      entries.push_back(session->begin(ids.Get(i)));
+      promises.Set(i, entries.back()->deferred.Promise());
+    } catch (const Napi::Error& e) {
+      Napi::Promise::Deferred d = Napi::Promise::Deferred::New(env);
+      d.Reject(e.Value());
+      promises.Set(i, d.Promise());
+    }
+  }
+  if (!entries.empty()) (new PassWorker(env, std::move(model), std::move(entries)))->Queue();
+  return promises;
+}
 
 void register_model_classes(Napi::Env env, Napi::Object exports, AddonData* data) {
   Napi::Function model = NativeModel::define(env);

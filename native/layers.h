@@ -19,11 +19,12 @@ void layernorm(ThreadPool& pool, const Kernels& k, float* out, const float* x, c
 void matmul(ThreadPool& pool, const Kernels& k, float* out, const float* x, const float* wp, const float* b, int T,
             int K, int N, Epilogue epilogue);
 
-// Causal self-attention of the T new tokens at positions start..start+T-1 over the cache.
-// qkv (T, 3C): q, k, v of the new tokens; keys, values (cache rows, C): this layer's cache, into
-// which k and v are written first; att (T, C): the heads' outputs side by side.
-// scores (pool.size(), block_size): scratch. Work is split by (token, head).
-void attention(ThreadPool& pool, const Kernels& k, float* att, const float* qkv, float* keys, float* values,
-               float* scores, int start, int T, int C, int n_head, int block_size);
+// Causal self-attention of `rows` new tokens, possibly of several sequences. Row r is the token
+// at position pos[r] of the sequence whose layer cache is keys[r], values[r] (cache rows, C): its
+// k and v (from qkv) are written there first, then it attends over positions 0..pos[r].
+// qkv (rows, 3C), att (rows, C): the heads' outputs side by side.
+// scores (pool.size(), block_size): scratch. Work is split by (row, head).
+void attention(ThreadPool& pool, const Kernels& k, float* att, const float* qkv, float* const* keys,
+               float* const* values, const int* pos, float* scores, int rows, int C, int n_head, int block_size);
 
 }  // namespace microgpt

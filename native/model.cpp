@@ -4,8 +4,10 @@
 #include "layers.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cstring>
 #include <stdexcept>
+#include <vector>
 
 namespace microgpt {
 
@@ -90,20 +92,22 @@ void matmul(ThreadPool& pool, const Kernels& k, float* out, const float* x, cons
   });
 }
 
-// Causal self-attention of the T new tokens at positions start..start+T-1 over the cache.
-// qkv (T, 3C): q, k, v of the new tokens; keys, values (cache rows, C): this layer's cache, into
-// which k and v are written first; att (T, C): the heads' outputs side by side.
-// scores (threads, block_size): scratch. Work is split by (token, head), never within a softmax.
-void attention(ThreadPool& pool, const Kernels& k, float* att, const float* qkv, float* keys, float* values,
-               float* scores, int start, int T, int C, int n_head, int block_size) {
-  for (int t = 0; t < T; t++) {
+// Causal self-attention of `rows` new tokens, possibly of several sequences. Row r is the token
+// at position pos[r] of the sequence whose layer cache is keys[r], values[r] (cache rows, C): its
+// k and v (from qkv) are written there first, then it attends over positions 0..pos[r].
+// qkv (rows, 3C): q, k, v of the new tokens; att (rows, C): the heads' outputs side by side.
+// scores (threads, block_size): scratch. Work is split by (row, head), never within a softmax.
+void attention(ThreadPool& pool, const Kernels& k, float* att, const float* qkv, float* const* keys,
+               float* const* values, const int* pos, float* scores, int rows, int C, int n_head, int block_size) {
+  double work = 0;
+  for (int t = 0; t < rows; t++) {
     const float* row = qkv + static_cast<size_t>(t) * 3 * C;
-    std::memcpy(keys + static_cast<size_t>(start + t) * C, row + C, C * sizeof(float));
-    std::memcpy(values + static_cast<size_t>(start + t) * C, row + 2 * C, C * sizeof(float));
+    std::memcpy(keys[t] + static_cast<size_t>(pos[t]) * C, row + C, C * sizeof(float));
+    std::memcpy(values[t] + static_cast<size_t>(pos[t]) * C, row + 2 * C, C * sizeof(float));
+    work += 2.0 * (pos[t] + 1) * C;
   }
   const int hs = C / n_head;
-  const int tasks = T * n_head;
-  const double work = 2.0 * T * (start + (T + 1) / 2.0) * C;
+  const int tasks = rows * n_head;
   const int n = threads_for(pool, work, tasks);
   pool.run(n, [&](int i) {
     float* s = scores + static_cast<size_t>(i) * block_size;
@@ -111,8 +115,8 @@ void attention(ThreadPool& pool, const Kernels& k, float* att, const float* qkv,
     for (int task = i; task < tasks; task += n) {
       const int t = task / n_head, h = task % n_head;
       const size_t off = static_cast<size_t>(h) * hs;
-      k.attention(att + static_cast<size_t>(t) * C + off, qkv + static_cast<size_t>(t) * 3 * C + off, keys + off,
-                  values + off, start + t + 1, hs, C, s);
+      k.attention(att + static_cast<size_t>(t) * C + off, qkv + static_cast<size_t>(t) * 3 * C + off, keys[t] + off,
+                  values[t] + off, pos[t] + 1, hs, C, s);
     }
   });
 }
@@ -185,12 +189,16 @@ Model::Model(const Config& config, const std::vector<const float*>& tensors, Isa
                          at(o + kMlpFcWeight), at(o + kMlpFcBias), at(o + kMlpProjWeight), at(o + kMlpProjBias)});
   }
 
-  s_.x = FloatBuffer(static_cast<size_t>(B) * C);
-  s_.xn = FloatBuffer(static_cast<size_t>(B) * C);
-  s_.qkv = FloatBuffer(static_cast<size_t>(B) * 3 * C);
-  s_.att = FloatBuffer(static_cast<size_t>(B) * C);
-  s_.hidden = FloatBuffer(static_cast<size_t>(B) * 4 * C);
+  // Scratch for R rows; FloatBuffer leaves it untouched, so rows never used cost no memory.
+  max_rows_ = B + kMaxBatch;
+  const size_t R = static_cast<size_t>(max_rows_);
+  s_.x = FloatBuffer(R * C);
+  s_.xn = FloatBuffer(R * C);
+  s_.qkv = FloatBuffer(R * 3 * C);
+  s_.att = FloatBuffer(R * C);
+  s_.hidden = FloatBuffer(R * 4 * C);
   s_.scores = FloatBuffer(static_cast<size_t>(pool_.size()) * B);
+  s_.logits = FloatBuffer(static_cast<size_t>(kMaxBatch) * V);
 }
 
 KVCache Model::new_kv_cache(int rows) const {
@@ -198,11 +206,77 @@ KVCache Model::new_kv_cache(int rows) const {
   return KVCache{FloatBuffer(n), FloatBuffer(n), rows};
 }
 
-void Model::forward(KVCache& cache, int start, const int* ids, int T, float* logits, bool all_positions) {
-  if (start < 0 || T < 1 || start + T > cache.rows || cache.rows > config_.block_size) {
-    throw std::out_of_range("positions beyond the KV cache or blockSize");
+void Model::run(ForwardRequest* const* requests, int n) {
+  for (int i = 0; i < n; i++) {
+    const ForwardRequest& r = *requests[i];
+    if (r.start < 0 || r.T < 1 || r.start + r.T > r.cache->rows || r.cache->rows > config_.block_size) {
+      throw std::out_of_range("positions beyond the KV cache or blockSize");
+    }
   }
-  std::lock_guard<std::mutex> lock(compute_mutex_);
+  std::vector<ForwardRequest*> batch;
+  std::unique_lock<std::mutex> lock(queue_mutex_);
+  for (int i = 0; i < n; i++) queue_.push_back(requests[i]);
+  auto all_done = [&] {
+    for (int i = 0; i < n; i++) {
+      if (!requests[i]->done) return false;
+    }
+    return true;
+  };
+  while (!all_done()) {
+    if (computing_) {
+      queue_changed_.wait(lock);
+      continue;
+    }
+    // Lead: take the oldest requests that fit. Ours are queued or done (no pass runs), so the
+    // queue is not empty. A request for every position's logits runs alone: its output may be
+    // block_size rows of logits, written straight to its array.
+    batch.clear();
+    int rows = 0;
+    while (!queue_.empty() && static_cast<int>(batch.size()) < kMaxBatch) {
+      ForwardRequest* r = queue_.front();
+      if (!batch.empty() && (r->all_positions || batch.front()->all_positions || rows + r->T > max_rows_)) break;
+      batch.push_back(r);
+      rows += r->T;
+      queue_.pop_front();
+    }
+    computing_ = true;
+    lock.unlock();
+    std::string error;
+    const auto started = std::chrono::steady_clock::now();
+    try {
+      pass(batch.data(), static_cast<int>(batch.size()), rows);
+    } catch (const std::bad_alloc&) {
+      error = "out of memory in the native engine's forward pass";
+    } catch (const std::exception& e) {
+      error = std::string("the native forward pass failed: ") + e.what();
+    }
+    const std::chrono::duration<double> took = std::chrono::steady_clock::now() - started;
+    lock.lock();
+    stats_.busy_seconds += took.count();
+    for (ForwardRequest* r : batch) {
+      r->error = error;
+      r->done = true;
+      if (r->T == 1) stats_.decode_rows++;
+    }
+    stats_.passes++;
+    stats_.requests += batch.size();
+    stats_.largest_batch = std::max<uint64_t>(stats_.largest_batch, batch.size());
+    computing_ = false;
+    queue_changed_.notify_all();
+  }
+}
+
+BatchStats Model::stats() {
+  std::lock_guard<std::mutex> lock(queue_mutex_);
+  return stats_;
+}
+
+// Rows of all requests stacked: each layer's matmuls stream the weights once for all of them.
+// Bit-identical to running each request alone: LayerNorm and the matmuls compute every row on its
+// own (each output one FMA chain over k in order, whatever the tile: the GEMM micro-kernel for
+// several rows, the GEMV for one), attention takes one (row, head) at a time over that row's own
+// cache, and threads split by rows, panels or heads only.
+void Model::pass(ForwardRequest* const* batch, int n, int rows) {
   const Kernels& k = *kernels_;
   const int C = config_.n_embd, B = config_.block_size, V = config_.vocab_size;
   float* x = s_.x.data();
@@ -211,27 +285,59 @@ void Model::forward(KVCache& cache, int start, const int* ids, int T, float* log
   float* att = s_.att.data();
   float* hidden = s_.hidden.data();
 
-  embedding(x, ids, w_.wte, w_.wpe, start, T, C);
+  // Per row: its position, and (per layer) its sequence's cache.
+  std::vector<int> pos(rows);
+  std::vector<float*> keys(rows), values(rows);
+  int row = 0;
+  for (int i = 0; i < n; i++) {
+    const ForwardRequest& r = *batch[i];
+    embedding(x + static_cast<size_t>(row) * C, r.ids, w_.wte, w_.wpe, r.start, r.T, C);
+    for (int t = 0; t < r.T; t++) pos[row + t] = r.start + t;
+    row += r.T;
+  }
   for (int l = 0; l < config_.n_layer; l++) {
     const LayerWeights& lw = w_.layers[l];
-    float* keys = cache.keys.data() + static_cast<size_t>(l) * cache.rows * C;
-    float* values = cache.values.data() + static_cast<size_t>(l) * cache.rows * C;
+    row = 0;
+    for (int i = 0; i < n; i++) {
+      KVCache& cache = *batch[i]->cache;
+      const size_t layer = static_cast<size_t>(l) * cache.rows * C;
+      for (int t = 0; t < batch[i]->T; t++, row++) {
+        keys[row] = cache.keys.data() + layer;
+        values[row] = cache.values.data() + layer;
+      }
+    }
 
-    layernorm(pool_, k, xn, x, lw.ln1_weight, lw.ln1_bias, T, C);
-    matmul(pool_, k, qkv, xn, lw.attn_weight, lw.attn_bias, T, C, 3 * C, Epilogue::store);
-    attention(pool_, k, att, qkv, keys, values, s_.scores.data(), start, T, C, config_.n_head, B);
-    matmul(pool_, k, x, att, lw.attn_proj_weight, lw.attn_proj_bias, T, C, C, Epilogue::residual);
+    layernorm(pool_, k, xn, x, lw.ln1_weight, lw.ln1_bias, rows, C);
+    matmul(pool_, k, qkv, xn, lw.attn_weight, lw.attn_bias, rows, C, 3 * C, Epilogue::store);
+    attention(pool_, k, att, qkv, keys.data(), values.data(), pos.data(), s_.scores.data(), rows, C, config_.n_head, B);
+    matmul(pool_, k, x, att, lw.attn_proj_weight, lw.attn_proj_bias, rows, C, C, Epilogue::residual);
 
-    layernorm(pool_, k, xn, x, lw.ln2_weight, lw.ln2_bias, T, C);
-    matmul(pool_, k, hidden, xn, lw.mlp_fc_weight, lw.mlp_fc_bias, T, C, 4 * C, Epilogue::gelu);
-    matmul(pool_, k, x, hidden, lw.mlp_proj_weight, lw.mlp_proj_bias, T, 4 * C, C, Epilogue::residual);
+    layernorm(pool_, k, xn, x, lw.ln2_weight, lw.ln2_bias, rows, C);
+    matmul(pool_, k, hidden, xn, lw.mlp_fc_weight, lw.mlp_fc_bias, rows, C, 4 * C, Epilogue::gelu);
+    matmul(pool_, k, x, hidden, lw.mlp_proj_weight, lw.mlp_proj_bias, rows, 4 * C, C, Epilogue::residual);
   }
 
   // Final LayerNorm and the tied lm_head, only for the positions whose logits are wanted.
-  const int first = all_positions ? 0 : T - 1;
-  const int rows = T - first;
-  layernorm(pool_, k, xn, x + static_cast<size_t>(first) * C, w_.lnf_weight, w_.lnf_bias, rows, C);
-  matmul(pool_, k, logits, xn, w_.lm_head, nullptr, rows, C, V, Epilogue::store);
+  if (n == 1) {
+    const ForwardRequest& r = *batch[0];
+    const int first = r.all_positions ? 0 : r.T - 1;
+    const int out_rows = r.T - first;
+    layernorm(pool_, k, xn, x + static_cast<size_t>(first) * C, w_.lnf_weight, w_.lnf_bias, out_rows, C);
+    matmul(pool_, k, r.logits, xn, w_.lm_head, nullptr, out_rows, C, V, Epilogue::store);
+    return;
+  }
+  // Several sequences (none wants every position): the last row of each, stacked.
+  row = 0;
+  for (int i = 0; i < n; i++) {
+    row += batch[i]->T;
+    std::memcpy(att + static_cast<size_t>(i) * C, x + static_cast<size_t>(row - 1) * C, C * sizeof(float));
+  }
+  layernorm(pool_, k, xn, att, w_.lnf_weight, w_.lnf_bias, n, C);
+  float* logits = s_.logits.data();
+  matmul(pool_, k, logits, xn, w_.lm_head, nullptr, n, C, V, Epilogue::store);
+  for (int i = 0; i < n; i++) {
+    std::memcpy(batch[i]->logits, logits + static_cast<size_t>(i) * V, V * sizeof(float));
+  }
 }
 
 }  // namespace microgpt

@@ -1,10 +1,13 @@
 // The model: what is configured (Config), what is learned (Weights), and what is scratch
 // (RunState, KVCache), kept apart as in llama2.c. Weights belong to a Model and are shared by
 // all its sessions; each session owns a KVCache; the scratch RunState belongs to the Model and
-// is used by one forward pass at a time (Model::compute_mutex).
+// is used by one batched forward pass at a time (Model::run).
 #pragma once
 
+#include <condition_variable>
 #include <cstddef>
+#include <cstdint>
+#include <deque>
 #include <memory>
 #include <mutex>
 #include <new>
@@ -78,14 +81,16 @@ struct Weights {
   const float* lnf_bias;          // (C) or null
 };
 
-// Activations of one forward pass of up to block_size tokens.
+// Activations of one batched forward pass of up to R = block_size + kMaxBatch rows (one full
+// prefill and a batch of decode steps), rows of several sequences stacked.
 struct RunState {
-  FloatBuffer x;       // (block_size, C) the residual stream
-  FloatBuffer xn;      // (block_size, C) LayerNorm output
-  FloatBuffer qkv;     // (block_size, 3C) queries, keys, values of the new tokens
-  FloatBuffer att;     // (block_size, C) attention output, heads side by side
-  FloatBuffer hidden;  // (block_size, 4C) the MLP's hidden layer, after GELU
+  FloatBuffer x;       // (R, C) the residual stream
+  FloatBuffer xn;      // (R, C) LayerNorm output
+  FloatBuffer qkv;     // (R, 3C) queries, keys, values of the new tokens
+  FloatBuffer att;     // (R, C) attention output, heads side by side
+  FloatBuffer hidden;  // (R, 4C) the MLP's hidden layer, after GELU
   FloatBuffer scores;  // (threads, block_size) attention scores, one row per thread
+  FloatBuffer logits;  // (kMaxBatch, vocab_size) last-position logits of a batch of sequences
 };
 
 // Keys and values of every layer at absolute positions 0..length-1, for up to `rows` positions
@@ -94,6 +99,29 @@ struct KVCache {
   FloatBuffer keys;    // (n_layer, rows, C)
   FloatBuffer values;  // (n_layer, rows, C)
   int rows = 0;
+};
+
+// One forward pass asked of the model: ids (T) at positions start..start+T-1 of `cache`
+// (start + T <= cache->rows), extending it. The logits of every position (T, vocab_size) when
+// all_positions, else of the last one (vocab_size), go to `logits`.
+struct ForwardRequest {
+  KVCache* cache;
+  int start;
+  const int* ids;
+  int T;
+  float* logits;
+  bool all_positions;
+  std::string error;  // why the pass failed; empty when it ran
+  bool done = false;  // guarded by the model's queue mutex
+};
+
+// What Model::run has done, for tests and diagnostics: proof that requests were batched.
+struct BatchStats {
+  uint64_t passes = 0;         // batched forward passes run
+  uint64_t requests = 0;       // requests they served
+  uint64_t decode_rows = 0;    // of which single-token steps (T = 1)
+  uint64_t largest_batch = 0;  // most requests in one pass
+  double busy_seconds = 0;     // time spent in passes (wall clock)
 };
 
 // Expected element count of each input tensor, in binding order; 0 where a bias is absent.
@@ -113,18 +141,41 @@ class Model {
   // A cache for positions 0..rows-1 (rows <= block_size).
   KVCache new_kv_cache(int rows) const;
 
-  // Runs ids (T) at positions start..start+T-1 (start + T <= cache.rows), extending `cache`. Writes the logits of every
-  // position (T, vocab_size) when all_positions, else of the last one (vocab_size), to `logits`.
-  // Serialised: one forward pass at a time per model (they share the pool and the RunState).
-  void forward(KVCache& cache, int start, const int* ids, int T, float* logits, bool all_positions);
+  // Most requests in one batched pass.
+  static constexpr int kMaxBatch = 64;
+
+  // Runs `requests` (which must fit their caches and blockSize) and returns when every one is
+  // done, each with its error set or its logits written. Continuous batching: the requests join
+  // a per-model queue, and whichever calling thread finds the model idle takes everything waiting
+  // (up to kMaxBatch requests and block_size + kMaxBatch rows; a request for every position's
+  // logits runs alone) into ONE forward pass over the weights, serving other callers' requests
+  // too; a caller whose requests another thread served just returns. So the decode steps of
+  // sessions in flight together share one stream of the weights instead of one each. Every row
+  // is computed exactly as it would be alone (see pass()), so results do not depend on grouping.
+  // Leader/follower among the callers rather than a dedicated engine thread: no thread of our
+  // own, thread-safe function or shutdown protocol to get right, and the model is freed by
+  // whoever drops it last, as before. The price, a waiting caller holding a libuv thread, is
+  // kept small by the binding, which sends each event-loop turn's calls as one group (one worker).
+  void run(ForwardRequest* const* requests, int n);
+
+  BatchStats stats();
 
  private:
+  // One forward pass over the rows of `batch` (n requests, `rows` tokens in all).
+  void pass(ForwardRequest* const* batch, int n, int rows);
+
   Config config_;
   const Kernels* kernels_;
   Weights w_;
-  std::mutex compute_mutex_;
   ThreadPool pool_;
   RunState s_;
+  int max_rows_;  // R: rows the RunState holds
+
+  std::mutex queue_mutex_;
+  std::condition_variable queue_changed_;  // a pass ended: callers look for their results or lead
+  std::deque<ForwardRequest*> queue_;      // waiting, oldest first
+  bool computing_ = false;                 // a pass is running (it owns pool_ and s_)
+  BatchStats stats_;
 };
 
 }  // namespace microgpt

@@ -42,8 +42,29 @@ export interface AddonModel {
   /** Logits (T, vocabSize) of every position; 1 <= T <= blockSize. */
   forward(ids: Int32Array): Promise<Float32Array>;
   createSession(): AddonSession;
+  /**
+   * `sessions[i].prefill(ids[i])` for every i, queued as one group: the engine batches them (and
+   * whatever else is waiting) into shared forward passes, and settles them all in one callback.
+   * A problem with one pair (disposed, busy, bad ids) rejects that pair's promise only.
+   */
+  prefillMany(sessions: readonly AddonSession[], ids: readonly Int32Array[]): Promise<Float32Array>[];
+  /** What the engine's batching has done so far (tests and diagnostics). */
+  stats(): AddonBatchStats;
   /** Frees the weights now, or when the passes still running end. */
   dispose(): void;
+}
+
+export interface AddonBatchStats {
+  /** Forward passes run, each one stream of the weights. */
+  readonly passes: number;
+  /** Requests (prefills, decode steps, forwards) they served. */
+  readonly requests: number;
+  /** Of which single-token steps. */
+  readonly decodeRows: number;
+  /** Most requests served by one pass. */
+  readonly largestBatch: number;
+  /** Wall-clock seconds spent in passes: the engine's busy time. */
+  readonly busySeconds: number;
 }
 
 export interface AddonSession {

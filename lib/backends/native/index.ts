@@ -8,7 +8,7 @@ import type { ModelConfig } from '../../config.js';
 import { MicroGPTError } from '../../errors.js';
 import type { ModelWeights } from '../../weights.js';
 import type { Backend, InferenceSession, ModelRuntime, RuntimeOptions } from '../types.js';
-import { forcedIsa, loadAddon, type AddonIsa, type AddonModel, type AddonSession } from './binding.js';
+import { forcedIsa, loadAddon, type AddonBatchStats, type AddonIsa, type AddonModel, type AddonSession } from './binding.js';
 
 export interface NativeRuntimeOptions extends RuntimeOptions {
   /** Forces an instruction set (tests, benchmarks); default MICROGPT_ISA, else the fastest. */
@@ -55,9 +55,27 @@ function translate(error: unknown): never {
   throw error;
 }
 
+/** A session's prefill or decode waiting for the runtime's next flush. */
+interface QueuedCall {
+  readonly session: AddonSession;
+  readonly ids: Int32Array;
+  readonly resolve: (logits: Float32Array) => void;
+  readonly reject: (error: unknown) => void;
+}
+
+/**
+ * Sessions' calls are not handed to the addon one by one: they are collected and handed over as
+ * one group (`prefillMany`) at the next turn of the event loop (setImmediate). Generation loops
+ * in flight together (generateMany, concurrent generate calls) issue their next step in the same
+ * turn, so the engine gets them at once and runs them as one batched pass, instead of starting
+ * the first alone while the others arrive. A group is settled together, so the loops stay in
+ * step. Texts do not depend on the grouping: a batched row is computed exactly as an unbatched one.
+ */
 export class NativeRuntime implements ModelRuntime {
   readonly backend = 'native' as const;
   private model: AddonModel | null;
+  private queued: QueuedCall[] = [];
+  private flushScheduled = false;
 
   constructor(
     readonly config: ModelConfig,
@@ -85,6 +103,7 @@ export class NativeRuntime implements ModelRuntime {
   }
 
   dispose(): void {
+    this.flush(); // calls made before dispose still run, as passes already running do
     this.model?.dispose();
     this.model = null;
   }
@@ -92,6 +111,50 @@ export class NativeRuntime implements ModelRuntime {
   /** Whether dispose() was called. */
   get disposed(): boolean {
     return this.model === null;
+  }
+
+  /** What the engine's batching has done so far (tests and diagnostics). */
+  get batchStats(): AddonBatchStats {
+    return this.live().stats();
+  }
+
+  /** Queues `session.prefill(ids)` for the next flush; `ids` must not change afterwards. */
+  submit(session: AddonSession, ids: Int32Array): Promise<Float32Array> {
+    this.live();
+    return new Promise<Float32Array>((resolve, reject) => {
+      this.queued.push({ session, ids, resolve, reject });
+      if (!this.flushScheduled) {
+        this.flushScheduled = true;
+        setImmediate(() => this.flush());
+      }
+    });
+  }
+
+  /** Hands every queued call to the addon as one group. */
+  flush(): void {
+    this.flushScheduled = false;
+    const calls = this.queued;
+    if (calls.length === 0) return;
+    this.queued = [];
+    let promises: Promise<Float32Array>[];
+    try {
+      promises = this.live().prefillMany(
+        calls.map((c) => c.session),
+        calls.map((c) => c.ids),
+      );
+    } catch (error) {
+      for (const c of calls) c.reject(error);
+      return;
+    }
+    calls.forEach((c, i) => {
+      (promises[i] as Promise<Float32Array>).then(c.resolve, (error: unknown) => {
+        try {
+          translate(error);
+        } catch (translated) {
+          c.reject(translated);
+        }
+      });
+    });
   }
 
   private live(): AddonModel {
@@ -102,7 +165,8 @@ export class NativeRuntime implements ModelRuntime {
 
 class NativeSession implements InferenceSession {
   private session: AddonSession | null;
-  private readonly one = new Int32Array(1);
+  /** Calls queued in the runtime or running in the addon. */
+  private inFlight = 0;
 
   constructor(
     session: AddonSession,
@@ -116,23 +180,35 @@ class NativeSession implements InferenceSession {
   }
 
   async prefill(ids: Int32Array): Promise<Float32Array> {
-    return this.live().prefill(ids).catch(translate);
+    // A copy: the call runs at the next flush, and the caller may reuse its array before then.
+    return this.submit(ids.slice());
   }
 
   async decode(id: number): Promise<Float32Array> {
-    const session = this.live();
-    // The addon copies the ids before returning, so one array serves every call.
-    this.one[0] = id;
-    return session.prefill(this.one).catch(translate);
+    return this.submit(Int32Array.of(id));
   }
 
   reset(): void {
-    this.live().reset();
+    const session = this.live();
+    // The addon cannot see a call still queued here; refuse as it refuses a running one.
+    if (this.inFlight > 0) throw new Error('cannot reset a session while its prefill is running');
+    session.reset();
   }
 
   dispose(): void {
+    if (this.session !== null && this.inFlight > 0 && !this.runtime.disposed) this.runtime.flush();
     this.session?.dispose();
     this.session = null;
+  }
+
+  private async submit(ids: Int32Array): Promise<Float32Array> {
+    const session = this.live();
+    this.inFlight++;
+    try {
+      return await this.runtime.submit(session, ids);
+    } finally {
+      this.inFlight--;
+    }
   }
 
   private live(): AddonSession {
