@@ -3,7 +3,7 @@
 // compilers hidden from PATH, generating text on the native backend.
 import assert from 'node:assert/strict';
 import { spawnSync, type SpawnSyncOptions } from 'node:child_process';
-import { cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { after, test } from 'node:test';
@@ -73,4 +73,15 @@ test('npm pack, then install with no compiler on PATH, gives a working native ba
   const result = JSON.parse(out) as { text: string; backend: string };
   assert.equal(result.backend, 'native');
   assert.equal(result.text, e.greedy.continuation);
+
+  // 5. The bundled model comes with the package: no --model at all.
+  const report = JSON.parse(readFileSync(join(ROOT, 'models', 'default.report.json'), 'utf8')) as {
+    sample: { prompt: string; continuation: string };
+  };
+  const bundled = sh(
+    join(project, 'node_modules', '.bin', 'microgpt'),
+    ['generate', '--prompt', report.sample.prompt, '--temperature', '0', '--max-new-tokens', '80'],
+    { cwd: project, env },
+  );
+  assert.equal(bundled, report.sample.continuation.slice(0, 80));
 });
