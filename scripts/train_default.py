@@ -394,8 +394,8 @@ def main(argv=None):
     print(f'greedy continuation of {a.prompt!r}:\n{continuation}', flush=True)
 
     st_path = os.path.join(a.out_dir, f'{a.name}.safetensors')
-    trained_with = (f'scripts/train_default.py (nanoGPT shakespeare_char recipe), {final_iter} iters, '
-                    f'seed {a.seed}, torch {torch.__version__}')
+    trained_with = (f'scripts/train_default.py (nanoGPT shakespeare_char recipe), weights of iter '
+                    f'{shipped_iter} of {final_iter}, seed {a.seed}, torch {torch.__version__}')
     save_safetensors(st_path, model, chars, dtype=torch.float16,
                      extra_metadata={'valLoss': f'{val_loss:.6f}', 'trainedWith': trained_with})
     hparams = {k: v for k, v in vars(a).items()
