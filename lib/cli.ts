@@ -129,6 +129,8 @@ async function generate(args: string[]): Promise<void> {
       if (!json) process.stdout.write(results.map((r) => r.text).join('\n---------------\n'));
     }
     const seconds = Number(process.hrtime.bigint() - started) / 1e9;
+    // Piped output is exactly the continuation; a terminal also gets the line ended.
+    if (!json && process.stdout.isTTY) process.stdout.write('\n');
     const tokens = results.reduce((n, r) => n + r.tokens, 0);
     const tokensPerSecond = seconds > 0 ? tokens / seconds : 0;
     if (json) {
