@@ -8,18 +8,13 @@ import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import type { ModelConfig } from '../../config.js';
 
 /** An instruction set the kernels are compiled for. */
 export type AddonIsa = 'scalar' | 'avx2' | 'avx512' | 'neon';
 
-export interface AddonConfig {
-  readonly vocabSize: number;
-  readonly blockSize: number;
-  readonly nLayer: number;
-  readonly nHead: number;
-  readonly nEmbd: number;
-  readonly bias: boolean;
-}
+/** The addon takes the model's config as the TypeScript layer has validated it. */
+export type AddonConfig = ModelConfig;
 
 export interface AddonModelOptions {
   /** Compute threads, the calling thread included (1 to 1024). */
