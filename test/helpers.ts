@@ -1,6 +1,8 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import type { ModelConfig } from '../lib/config.js';
+import type { LayerWeights, ModelWeights } from '../lib/weights.js';
 
 /** The package root: the nearest folder above this file holding package.json (tests run from dist/test/). */
 export const ROOT = (() => {
@@ -59,4 +61,40 @@ export function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
     if (!(d <= worst)) worst = Number.isNaN(d) ? Infinity : d;
   }
   return worst;
+}
+
+/**
+ * Seeded random weights with every parameter non-trivial (LayerNorm weights near 1, small
+ * biases), for tests that compare engines with each other rather than with PyTorch.
+ */
+export function randomTestWeights(config: ModelConfig, seed: number): ModelWeights {
+  let s = seed >>> 0;
+  const next = () => {
+    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
+    return s / 4294967296 - 0.5;
+  };
+  const C = config.nEmbd;
+  const t = (n: number, scale = 0.08) => {
+    const a = new Float32Array(n);
+    for (let i = 0; i < n; i++) a[i] = next() * scale;
+    return a;
+  };
+  const ones = (n: number) => {
+    const a = t(n, 0.2);
+    for (let i = 0; i < n; i++) a[i] = (a[i] as number) + 1;
+    return a;
+  };
+  const b = (n: number) => (config.bias ? t(n, 0.02) : null);
+  const layers: LayerWeights[] = [];
+  for (let l = 0; l < config.nLayer; l++) {
+    layers.push({
+      ln1Weight: ones(C), ln1Bias: b(C),
+      attnWeight: t(3 * C * C), attnBias: b(3 * C),
+      attnProjWeight: t(C * C), attnProjBias: b(C),
+      ln2Weight: ones(C), ln2Bias: b(C),
+      mlpFcWeight: t(4 * C * C), mlpFcBias: b(4 * C),
+      mlpProjWeight: t(4 * C * C, 0.04), mlpProjBias: b(C),
+    });
+  }
+  return { wte: t(config.vocabSize * C, 1), wpe: t(config.blockSize * C, 0.5), layers, lnfWeight: ones(C), lnfBias: b(C) };
 }

@@ -6,41 +6,14 @@ import { describe, test } from 'node:test';
 import { nativeBackend } from '../lib/backends/native/index.js';
 import type { ModelConfig } from '../lib/config.js';
 import { createModel, loadModel, type Model } from '../lib/index.js';
-import type { LayerWeights, ModelWeights } from '../lib/weights.js';
-import { expected, fixture } from './helpers.js';
-
-function randomWeights(config: ModelConfig, seed: number): ModelWeights {
-  let s = seed >>> 0;
-  const C = config.nEmbd;
-  const t = (n: number, scale = 0.05) => {
-    const a = new Float32Array(n);
-    for (let i = 0; i < n; i++) {
-      s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
-      a[i] = (s / 4294967296 - 0.5) * scale;
-    }
-    return a;
-  };
-  const ones = (n: number) => new Float32Array(n).fill(1);
-  const layers: LayerWeights[] = [];
-  for (let l = 0; l < config.nLayer; l++) {
-    layers.push({
-      ln1Weight: ones(C), ln1Bias: t(C),
-      attnWeight: t(3 * C * C), attnBias: t(3 * C),
-      attnProjWeight: t(C * C), attnProjBias: t(C),
-      ln2Weight: ones(C), ln2Bias: t(C),
-      mlpFcWeight: t(4 * C * C), mlpFcBias: t(4 * C),
-      mlpProjWeight: t(4 * C * C), mlpProjBias: t(C),
-    });
-  }
-  return { wte: t(config.vocabSize * C, 1), wpe: t(config.blockSize * C, 1), layers, lnfWeight: ones(C), lnfBias: t(C) };
-}
+import { expected, fixture, randomTestWeights } from './helpers.js';
 
 const VOCAB = Array.from({ length: 65 }, (_, i) => String.fromCharCode(48 + i));
 
 describe('the event loop stays free', () => {
   test('a 10ms timer never waits more than ~50 ms during a long generation (6 layers x 384, block 256)', async (t) => {
     const config: ModelConfig = { vocabSize: 65, blockSize: 256, nLayer: 6, nHead: 6, nEmbd: 384, bias: true };
-    const model = await createModel(config, randomWeights(config, 7), VOCAB, { backend: 'native' });
+    const model = await createModel(config, randomTestWeights(config, 7), VOCAB, { backend: 'native' });
     assert.equal(model.backend, 'native');
     let last = performance.now();
     let worst = 0;
@@ -72,7 +45,7 @@ describe('memory', () => {
       for (let i = 0; i < n; i++) await model.generate('The ', { maxNewTokens: 8, seed: i });
     };
     const config: ModelConfig = { vocabSize: 65, blockSize: 64, nLayer: 2, nHead: 4, nEmbd: 128, bias: true };
-    const weights = randomWeights(config, 3);
+    const weights = randomTestWeights(config, 3);
     const churn = async (n: number) => {
       for (let i = 0; i < n; i++) {
         const runtime = await nativeBackend.load(config, weights, { threads: 2 });

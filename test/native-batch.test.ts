@@ -9,8 +9,8 @@ import type { InferenceSession } from '../lib/backends/types.js';
 import type { ModelConfig } from '../lib/config.js';
 import { generateSample, planGeneration, type GenerationResult } from '../lib/generate.js';
 import { CharTokenizer, createModel, loadModel, MicroGPTError, readModelFile } from '../lib/index.js';
-import type { LayerWeights, ModelWeights } from '../lib/weights.js';
-import { MODEL_NAMES, expected, fixture } from './helpers.js';
+import type { ModelWeights } from '../lib/weights.js';
+import { expected, fixture, MODEL_NAMES, randomTestWeights } from './helpers.js';
 
 const load = loadAddon();
 
@@ -19,36 +19,10 @@ async function loadRuntime(config: ModelConfig, weights: ModelWeights, options?:
 }
 const supported: AddonIsa[] = load.addon?.cpu().supported ?? [];
 
-function randomWeights(config: ModelConfig, seed: number): ModelWeights {
-  let s = seed >>> 0;
-  const C = config.nEmbd;
-  const t = (n: number, scale = 0.05) => {
-    const a = new Float32Array(n);
-    for (let i = 0; i < n; i++) {
-      s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
-      a[i] = (s / 4294967296 - 0.5) * scale;
-    }
-    return a;
-  };
-  const ones = (n: number) => new Float32Array(n).fill(1);
-  const layers: LayerWeights[] = [];
-  for (let l = 0; l < config.nLayer; l++) {
-    layers.push({
-      ln1Weight: ones(C), ln1Bias: t(C),
-      attnWeight: t(3 * C * C), attnBias: t(3 * C),
-      attnProjWeight: t(C * C), attnProjBias: t(C),
-      ln2Weight: ones(C), ln2Bias: t(C),
-      mlpFcWeight: t(4 * C * C), mlpFcBias: t(4 * C),
-      mlpProjWeight: t(4 * C * C), mlpProjBias: t(C),
-    });
-  }
-  return { wte: t(config.vocabSize * C, 1), wpe: t(config.blockSize * C, 1), layers, lnfWeight: ones(C), lnfBias: t(C) };
-}
-
 // Wide enough that the matmuls split across threads and the vocabulary is not a whole number of
 // panels; block 48 is below the 64-request bound, so a batch can hold more rows than blockSize.
 const CONFIG: ModelConfig = { vocabSize: 67, blockSize: 48, nLayer: 2, nHead: 6, nEmbd: 192, bias: true };
-const WEIGHTS = randomWeights(CONFIG, 11);
+const WEIGHTS = randomTestWeights(CONFIG, 11);
 const VOCAB = Array.from({ length: 67 }, (_, i) => String.fromCharCode(48 + i));
 
 /** The token session i feeds at step j, and its prompt: different per session. */
@@ -287,7 +261,7 @@ describe('batched decoding', () => {
 
   test('the event loop stays free while 8 samples decode in batches (6 layers x 384)', async (t) => {
     const config: ModelConfig = { vocabSize: 65, blockSize: 256, nLayer: 6, nHead: 6, nEmbd: 384, bias: true };
-    const model = await createModel(config, randomWeights(config, 7), VOCAB.slice(0, 65), { backend: 'native' });
+    const model = await createModel(config, randomTestWeights(config, 7), VOCAB.slice(0, 65), { backend: 'native' });
     let last = performance.now();
     let worst = 0;
     const timer = setInterval(() => {

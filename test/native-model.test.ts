@@ -9,8 +9,7 @@ import { loadAddon, type AddonIsa } from '../lib/backends/native/binding.js';
 import { nativeBackend } from '../lib/backends/native/index.js';
 import type { ModelConfig } from '../lib/config.js';
 import { loadModel, MicroGPTError, readModelFile, type Model } from '../lib/index.js';
-import type { LayerWeights, ModelWeights } from '../lib/weights.js';
-import { MODEL_NAMES, expected, expectedLogits, fixture, maxAbsDiff } from './helpers.js';
+import { expected, expectedLogits, fixture, maxAbsDiff, MODEL_NAMES, randomTestWeights } from './helpers.js';
 
 const load = loadAddon();
 const supported: AddonIsa[] = load.addon?.cpu().supported ?? [];
@@ -123,41 +122,9 @@ for (const name of MODEL_NAMES) {
 
 // ---- a random model wide enough that the work is split across threads ----------------------
 
-function randomWeights(config: ModelConfig, seed: number): ModelWeights {
-  let s = seed >>> 0;
-  const next = () => {
-    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
-    return s / 4294967296 - 0.5;
-  };
-  const C = config.nEmbd;
-  const t = (n: number, scale = 0.08) => {
-    const a = new Float32Array(n);
-    for (let i = 0; i < n; i++) a[i] = next() * scale;
-    return a;
-  };
-  const ones = (n: number) => {
-    const a = t(n, 0.2);
-    for (let i = 0; i < n; i++) a[i] = (a[i] as number) + 1;
-    return a;
-  };
-  const b = (n: number) => (config.bias ? t(n, 0.02) : null);
-  const layers: LayerWeights[] = [];
-  for (let l = 0; l < config.nLayer; l++) {
-    layers.push({
-      ln1Weight: ones(C), ln1Bias: b(C),
-      attnWeight: t(3 * C * C), attnBias: b(3 * C),
-      attnProjWeight: t(C * C), attnProjBias: b(C),
-      ln2Weight: ones(C), ln2Bias: b(C),
-      mlpFcWeight: t(4 * C * C), mlpFcBias: b(4 * C),
-      mlpProjWeight: t(4 * C * C, 0.04), mlpProjBias: b(C),
-    });
-  }
-  return { wte: t(config.vocabSize * C, 1), wpe: t(config.blockSize * C, 0.5), layers, lnfWeight: ones(C), lnfBias: b(C) };
-}
-
 describe('a random 2-layer, 192-wide model (work split across threads)', () => {
   const config: ModelConfig = { vocabSize: 65, blockSize: 64, nLayer: 2, nHead: 6, nEmbd: 192, bias: true };
-  const weights = randomWeights(config, 42);
+  const weights = randomTestWeights(config, 42);
   const ids = Int32Array.from({ length: 64 }, (_, i) => (i * 7 + 3) % 65);
 
   test('js and native agree within 1e-4 on every position', async () => {
