@@ -1,6 +1,8 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import assert from 'node:assert/strict';
+import type { ModelRuntime } from '../lib/backends/types.js';
 import type { ModelConfig } from '../lib/config.js';
 import type { LayerWeights, ModelWeights } from '../lib/weights.js';
 
@@ -97,4 +99,31 @@ export function randomTestWeights(config: ModelConfig, seed: number): ModelWeigh
     });
   }
   return { wte: t(config.vocabSize * C, 1), wpe: t(config.blockSize * C, 0.5), layers, lnfWeight: ones(C), lnfBias: b(C) };
+}
+
+/**
+ * A session's KV cache against a full forward pass of `ids`: fed in each of `chunkings` (sizes
+ * summing to ids.length; 1 goes through decode, more through prefill), every step's logits equal
+ * the full pass's row; a reset session computes position 0 afresh; overfilling the block fails.
+ */
+export async function checkKvCacheChunking(runtime: ModelRuntime, ids: Int32Array, chunkings: number[][]): Promise<void> {
+  const V = runtime.config.vocabSize;
+  const full = await runtime.forward(ids);
+  for (const chunks of chunkings) {
+    const session = runtime.createSession();
+    let at = 0;
+    for (const size of chunks) {
+      const last = size === 1 ? await session.decode(ids[at] as number) : await session.prefill(ids.subarray(at, at + size));
+      at += size;
+      assert.equal(session.length, at);
+      const diff = maxAbsDiff(last, full.subarray((at - 1) * V, at * V));
+      assert.ok(diff < 1e-5, `chunks ${chunks.join(',')}: position ${at - 1}: ${diff}`);
+    }
+    session.reset();
+    assert.equal(session.length, 0);
+    const again = await session.prefill(ids.subarray(0, 1));
+    assert.ok(maxAbsDiff(again, full.subarray(0, V)) < 1e-6);
+    await assert.rejects(session.prefill(ids), /exceeds blockSize/);
+    session.dispose();
+  }
 }

@@ -9,7 +9,7 @@ import { loadAddon, type AddonIsa } from '../lib/backends/native/binding.js';
 import { nativeBackend } from '../lib/backends/native/index.js';
 import type { ModelConfig } from '../lib/config.js';
 import { loadModel, MicroGPTError, readModelFile, type Model } from '../lib/index.js';
-import { expected, expectedLogits, fixture, maxAbsDiff, MODEL_NAMES, randomTestWeights } from './helpers.js';
+import { checkKvCacheChunking, expected, expectedLogits, fixture, maxAbsDiff, MODEL_NAMES, randomTestWeights } from './helpers.js';
 
 const load = loadAddon();
 const supported: AddonIsa[] = load.addon?.cpu().supported ?? [];
@@ -97,25 +97,7 @@ for (const name of MODEL_NAMES) {
     const runtime = await nativeBackend.load(file.config, file.weights);
     const ids = Int32Array.from(e.logits.ids);
     const T = ids.length;
-    const V = file.config.vocabSize;
-    const full = await runtime.forward(ids);
-    for (const chunks of [[1, 3, ...Array<number>(T - 4).fill(1)], [2, 5, T - 7], [T]]) {
-      const session = runtime.createSession();
-      let at = 0;
-      for (const size of chunks) {
-        const last = size === 1 ? await session.decode(ids[at] as number) : await session.prefill(ids.subarray(at, at + size));
-        at += size;
-        assert.equal(session.length, at);
-        const diff = maxAbsDiff(last, full.subarray((at - 1) * V, at * V));
-        assert.ok(diff < 1e-5, `chunks ${chunks.join(',')}: position ${at - 1}: ${diff}`);
-      }
-      session.reset();
-      assert.equal(session.length, 0);
-      const again = await session.prefill(ids.subarray(0, 1));
-      assert.ok(maxAbsDiff(again, full.subarray(0, V)) < 1e-6);
-      await assert.rejects(session.prefill(ids), /exceeds blockSize/);
-      session.dispose();
-    }
+    await checkKvCacheChunking(runtime, ids, [[1, 3, ...Array<number>(T - 4).fill(1)], [2, 5, T - 7], [T]]);
     runtime.dispose();
   });
 }
