@@ -188,8 +188,8 @@ export async function* generateSample(
       if (stopper.stopped) return { text: stopper.text, tokens: n, finishReason: 'stop' };
       if (n === plan.maxNewTokens) break;
 
-      // Yield to the event loop between tokens, so timers and I/O run even on the js backend.
-      await new Promise<void>((resolve) => setImmediate(resolve));
+      // An engine computing on this thread would starve timers and I/O: give them a turn.
+      if (runtime.computesOnMainThread) await new Promise<void>((resolve) => setImmediate(resolve));
       signal?.throwIfAborted();
 
       if (windowLength < blockSize) {

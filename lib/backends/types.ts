@@ -27,6 +27,12 @@ export interface ModelRuntime {
   readonly backend: BackendName;
   readonly config: ModelConfig;
   /**
+   * True when forward passes run on the calling (main) thread, so the generation loop must yield
+   * to the event loop between tokens itself; an engine that settles its promises from another
+   * thread already gives the event loop its turn at every await.
+   */
+  readonly computesOnMainThread: boolean;
+  /**
    * Logits of every position of `ids` (positions 0..T-1, T <= blockSize), row-major
    * [T, vocabSize], in a new array the caller owns.
    */

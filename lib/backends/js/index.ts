@@ -18,6 +18,7 @@ export const jsBackend: Backend = {
 
 class JsRuntime implements ModelRuntime {
   readonly backend = 'js' as const;
+  readonly computesOnMainThread = true;
   private weights: ModelWeights | null;
 
   constructor(

@@ -73,6 +73,7 @@ interface QueuedCall {
  */
 export class NativeRuntime implements ModelRuntime {
   readonly backend = 'native' as const;
+  readonly computesOnMainThread = false;
   private model: AddonModel | null;
   private queued: QueuedCall[] = [];
   private flushScheduled = false;
