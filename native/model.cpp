@@ -44,8 +44,10 @@ namespace {
 
 // A split is worth it when each thread's share takes well over the pool's barrier: at a decode
 // GEMV's ~5 multiply-adds per ns, 100k multiply-adds per microsecond of barrier keeps the barrier
-// under ~5% of the step. On a 2-vCPU VM whose vCPUs are time-shared (barrier ~10 us) this keeps
-// the decode steps of a char-level model on one thread; on idle real cores they split.
+// under ~5% of the step. Inside a pass the workers spin (ThreadPool::Busy), so the barrier is well
+// under a microsecond where each thread has a core and the 64k floor decides: a decode step's
+// matmuls split, its LayerNorms do not. With more threads than free cores the barrier grows and
+// small steps stay on fewer threads.
 double min_work_per_thread(const ThreadPool& pool) {
   const double work = pool.barrier_seconds() * 1e6 * 100e3;
   return std::min(4e6, std::max(64e3, work));
@@ -279,6 +281,7 @@ BatchStats Model::stats() {
 void Model::pass(ForwardRequest* const* batch, int n, int rows) {
   const Kernels& k = *kernels_;
   const int C = config_.n_embd, B = config_.block_size, V = config_.vocab_size;
+  ThreadPool::Busy busy(pool_);  // the workers spin between the pass's ~50 splits, not sleep
   float* x = s_.x.data();
   float* xn = s_.xn.data();
   float* qkv = s_.qkv.data();

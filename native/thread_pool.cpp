@@ -16,36 +16,51 @@ namespace microgpt {
 
 namespace {
 
-// How long a waiting thread spins before it sleeps. Short: where vCPUs are time-shared, the
-// thread we wait for often cannot run while we spin (measured on a 2-vCPU VM: every extra
-// microsecond of spin added two to each barrier), so a spin only pays when the partner is
-// already running on its own core.
-constexpr auto kSpin = std::chrono::microseconds(2);
+// Outside a Busy scope a waiting thread spins this long before it sleeps: short, because the
+// thread we wait for may need this very core (measured on a 2-vCPU VM: every extra microsecond
+// of idle spin added two to each barrier).
+constexpr auto kIdleSpin = std::chrono::microseconds(2);
+// Inside one, this long: longer than the one-thread stretches of a pass (the layers too small to
+// split take a few microseconds), short enough that a thread whose partner was descheduled soon
+// gives its core back.
+constexpr auto kBusySpin = std::chrono::microseconds(300);
 
-template <typename Done>
-bool spin_until(const Done& done) {
-  const auto until = std::chrono::steady_clock::now() + kSpin;
-  for (int i = 0;; i++) {
-    if (done()) return true;
-    MICROGPT_CPU_RELAX();
-    if ((i & 63) == 63 && std::chrono::steady_clock::now() > until) return done();
-  }
-}
+constexpr auto kYieldAfter = std::chrono::microseconds(50);
+
+constexpr uint64_t kThreadsMask = 0xffff;
 
 }  // namespace
 
-ThreadPool::ThreadPool(int n_threads) : n_threads_(n_threads < 1 ? 1 : n_threads) {
+template <typename Done>
+bool ThreadPool::spin_until(const Done& done) const {
+  const auto started = std::chrono::steady_clock::now();
+  for (int i = 0;; i++) {
+    if (done()) return true;
+    MICROGPT_CPU_RELAX();
+    if ((i & 63) == 63) {
+      const auto spun = std::chrono::steady_clock::now() - started;
+      if (spun > (busy_.load(std::memory_order_relaxed) ? kBusySpin : kIdleSpin)) return done();
+      // Waiting this long, the thread we wait for may be waiting for this very core (more
+      // threads than cores): let it run. Not sooner: a yield hands the core to any ready thread
+      // (in Node: V8's helpers) for a whole time slice, which made every pass twice as slow.
+      if (spun > kYieldAfter) std::this_thread::yield();
+    }
+  }
+}
+
+ThreadPool::ThreadPool(int n_threads) : n_threads_(std::max(1, std::min(n_threads, static_cast<int>(kThreadsMask)))) {
   workers_.reserve(n_threads_ - 1);
   for (int i = 1; i < n_threads_; i++) workers_.emplace_back([this, i] { worker(i); });
   if (n_threads_ > 1) {
     // The median of a few short batches, so one lucky or unlucky moment does not decide.
+    Busy busy(*this);
     auto nothing = [](int) {};
-    for (int i = 0; i < 8; i++) run(n_threads_, nothing);  // the workers have started
+    for (int i = 0; i < 64; i++) run(n_threads_, nothing);  // the workers are up
     double batches[7];
     for (double& batch : batches) {
       const auto t0 = std::chrono::steady_clock::now();
-      for (int i = 0; i < 8; i++) run(n_threads_, nothing);
-      batch = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / 8;
+      for (int i = 0; i < 64; i++) run(n_threads_, nothing);
+      batch = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / 64;
     }
     std::sort(batches, batches + 7);
     barrier_seconds_ = batches[3];
@@ -55,54 +70,63 @@ ThreadPool::ThreadPool(int n_threads) : n_threads_(n_threads < 1 ? 1 : n_threads
 ThreadPool::~ThreadPool() {
   {
     std::lock_guard<std::mutex> lock(mutex_);
-    stop_ = true;
+    stop_.store(true);
   }
   work_ready_.notify_all();
   for (auto& t : workers_) t.join();
 }
 
-void ThreadPool::run_erased(int n, Task task, void* ctx) {
-  if (n > n_threads_) n = n_threads_;
-  {
-    std::lock_guard<std::mutex> lock(mutex_);
-    task_ = task;
-    ctx_ = ctx;
-    n_tasks_ = n;
-    pending_.store(n_threads_ - 1, std::memory_order_relaxed);
-    generation_.fetch_add(1, std::memory_order_release);
+void ThreadPool::set_busy(bool busy) {
+  busy_.store(busy, std::memory_order_relaxed);
+  if (busy && sleeping_workers_.load() > 0) {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      wake_epoch_++;
+    }
+    work_ready_.notify_all();
   }
-  work_ready_.notify_all();
+}
+
+void ThreadPool::run_erased(int n, Task task, void* ctx) {
+  n = std::min(n, n_threads_);
+  task_ = task;
+  ctx_ = ctx;
+  pending_.store(n - 1, std::memory_order_relaxed);
+  const uint64_t number = (run_.load(std::memory_order_relaxed) >> 16) + 1;
+  run_.store((number << 16) | static_cast<uint64_t>(n));  // seq_cst: before the look at sleepers
+  if (sleeping_workers_.load() > 0) {
+    { std::lock_guard<std::mutex> lock(mutex_); }  // a worker between its check and its wait finishes waiting first
+    work_ready_.notify_all();
+  }
   task(ctx, 0);
-  if (!spin_until([this] { return pending_.load(std::memory_order_acquire) == 0; })) {
+  auto done = [this] { return pending_.load(std::memory_order_acquire) == 0; };
+  if (!spin_until(done)) {
     std::unique_lock<std::mutex> lock(mutex_);
-    work_done_.wait(lock, [this] { return pending_.load(std::memory_order_acquire) == 0; });
+    caller_sleeping_.store(true);
+    work_done_.wait(lock, [this] { return pending_.load() == 0; });  // seq_cst: after the flag
+    caller_sleeping_.store(false, std::memory_order_relaxed);
   }
 }
 
 void ThreadPool::worker(int index) {
   uint64_t seen = 0;
+  uint64_t epoch = 0;
   for (;;) {
-    const auto started = [&] { return generation_.load(std::memory_order_acquire) != seen; };
-    if (!spin_until(started)) {
+    const auto started = [&] { return run_.load(std::memory_order_acquire) != seen; };
+    if (!spin_until([&] { return started() || stop_.load(std::memory_order_relaxed); })) {
       std::unique_lock<std::mutex> lock(mutex_);
-      work_ready_.wait(lock, [&] { return stop_ || started(); });
-      if (stop_) return;
+      sleeping_workers_.fetch_add(1);  // seq_cst: before the last look at run_
+      work_ready_.wait(lock, [&] { return stop_.load() || run_.load() != seen || wake_epoch_ != epoch; });
+      sleeping_workers_.fetch_sub(1);
+      epoch = wake_epoch_;
     }
-    Task task;
-    void* ctx;
-    int n;
-    {
-      // The fields were written under the mutex before generation_ was bumped.
-      std::lock_guard<std::mutex> lock(mutex_);
-      if (stop_) return;
-      seen = generation_.load(std::memory_order_relaxed);
-      task = task_;
-      ctx = ctx_;
-      n = n_tasks_;
-    }
-    if (index < n) task(ctx, index);
-    if (pending_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
-      std::lock_guard<std::mutex> lock(mutex_);
+    if (stop_.load()) return;
+    if (!started()) continue;  // woken because the pool became busy: spin for the first run
+    seen = run_.load(std::memory_order_acquire);
+    if (index >= static_cast<int>(seen & kThreadsMask)) continue;  // not taking part
+    task_(ctx_, index);
+    if (pending_.fetch_sub(1) == 1 && caller_sleeping_.load()) {  // seq_cst: after the count
+      { std::lock_guard<std::mutex> lock(mutex_); }
       work_done_.notify_one();
     }
   }

@@ -1,7 +1,13 @@
 // A persistent pool of compute threads. The thread calling run() takes part as thread 0, so a
-// pool of n threads starts n - 1 workers. Waiting workers spin only briefly, then sleep on a
-// condition variable: on a machine with few, shared cores a long spin steals the very core the
-// thread we wait for needs.
+// pool of n threads starts n - 1 workers.
+//
+// Waiting is the whole game on a machine with few, shared cores. A sleeping worker takes tens of
+// microseconds to wake (measured on a 2-vCPU VM: 3 to 60 us per run()), while two spinning
+// threads hand over work in well under a microsecond. But a thread that spins while there is no
+// work steals the very core the thread we wait for (Node's main thread, libuv's) needs. So
+// workers spin only while the pool is busy, i.e. inside a Busy scope (one forward pass, which
+// calls run() some fifty times in a row), and sleep otherwise: a pass pays one wake-up, not one
+// per layer.
 #pragma once
 
 #include <atomic>
@@ -22,10 +28,24 @@ class ThreadPool {
 
   int size() const { return n_threads_; }
 
-  // Seconds one empty run() over every thread takes, measured when the pool starts: what a split
-  // costs on this machine (about 1 us where cores are real and idle, 10 us or more where vCPUs
-  // are time-shared).
+  // Seconds one empty run() over every thread takes inside a Busy scope, measured when the pool
+  // starts: what a split costs on this machine (well under a microsecond where the threads get
+  // their cores; more where vCPUs are time-shared).
   double barrier_seconds() const { return barrier_seconds_; }
+
+  // While one is alive, waiting threads spin (up to kBusySpin at a time) instead of going to
+  // sleep between run()s, and sleeping workers are woken at once, so they are up by the first
+  // run(). One per forward pass. Not reentrant, like run().
+  class Busy {
+   public:
+    explicit Busy(ThreadPool& pool) : pool_(pool) { pool_.set_busy(true); }
+    ~Busy() { pool_.set_busy(false); }
+    Busy(const Busy&) = delete;
+    Busy& operator=(const Busy&) = delete;
+
+   private:
+    ThreadPool& pool_;
+  };
 
   // Calls fn(i) for i in [0, n), n <= size(), each on its own thread (i = 0 on the caller), and
   // returns when all are done. Not reentrant: one run() at a time (callers serialise).
@@ -42,18 +62,33 @@ class ThreadPool {
   using Task = void (*)(void* ctx, int i);
   void run_erased(int n, Task task, void* ctx);
   void worker(int index);
+  void set_busy(bool busy);
+  template <typename Done>
+  bool spin_until(const Done& done) const;
 
   const int n_threads_;
   std::vector<std::thread> workers_;
-  std::mutex mutex_;
-  std::condition_variable work_ready_;
-  std::condition_variable work_done_;
-  std::atomic<uint64_t> generation_{0};  // bumped once per run(): the workers' signal to start
-  std::atomic<int> pending_{0};          // workers of the current run still working
+
+  // A run is published by bumping `run_`, which holds (run number << 16) | threads taking part.
+  // task_ and ctx_ are written before and read after that bump (release/acquire), and not
+  // rewritten before every worker taking part has counted itself out of pending_.
+  std::atomic<uint64_t> run_{0};
+  std::atomic<int> pending_{0};  // workers of the current run still working
   Task task_ = nullptr;
   void* ctx_ = nullptr;
-  int n_tasks_ = 0;
-  bool stop_ = false;
+
+  std::atomic<bool> busy_{false};
+  std::atomic<bool> stop_{false};
+  // Sleeping. The sleeper announces itself (sequentially consistent) before its last look at
+  // the condition, the waker after changing it, so either the sleeper sees the change or the
+  // waker sees the sleeper and notifies under the mutex.
+  std::mutex mutex_;
+  std::condition_variable work_ready_;  // workers sleep here
+  std::condition_variable work_done_;   // the caller sleeps here
+  std::atomic<int> sleeping_workers_{0};
+  std::atomic<bool> caller_sleeping_{false};
+  uint64_t wake_epoch_ = 0;  // bumped under mutex_ by set_busy(true): sleeping workers get up
+
   double barrier_seconds_ = 0;
 };
 
