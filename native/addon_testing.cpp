@@ -66,15 +66,29 @@ void test_layernorm(const Napi::CallbackInfo& info) {
               f32(info, 3, C, "w").Data(), f32_or_null(info, 4, C, "b"), T, C);
 }
 
-// attention(isa, out (hs), q (hs), keys (n, stride), values (n, stride), n, hs, stride)
+// attention(isa, out (R, hs), q (R, qStride), keys (key tiles, see kernels.h), values (first + R,
+//           vStride), R, first, hs, qStride, tileStride, vStride): R queries at positions
+//           first..first+R-1
 void test_attention(const Napi::CallbackInfo& info) {
   const Kernels& k = kernels_arg(info);
-  const int n = positive(info, 5, "n"), hs = positive(info, 6, "hs"), stride = positive(info, 7, "stride");
-  if (stride < hs) throw Napi::RangeError::New(info.Env(), "stride must be at least hs");
-  const size_t rows = static_cast<size_t>(n - 1) * stride + hs;
-  std::vector<float> scores(n);
-  k.attention(f32(info, 1, hs, "out").Data(), f32(info, 2, hs, "q").Data(), f32(info, 3, rows, "keys").Data(),
-              f32(info, 4, rows, "values").Data(), n, hs, stride, scores.data());
+  const int R = positive(info, 5, "R");
+  if (info.Length() < 7 || !info[6].IsNumber()) throw Napi::TypeError::New(info.Env(), "first must be a number");
+  const int first = info[6].As<Napi::Number>().Int32Value();
+  const int hs = positive(info, 7, "hs"), q_stride = positive(info, 8, "qStride");
+  const int tile_stride = positive(info, 9, "tileStride"), v_stride = positive(info, 10, "vStride");
+  if (R > kAttentionRows) throw Napi::RangeError::New(info.Env(), "R must be at most " + std::to_string(kAttentionRows));
+  if (first < 0 || first > (1 << 16)) throw Napi::RangeError::New(info.Env(), "first must be from 0 to 65536");
+  if (hs > 4096) throw Napi::RangeError::New(info.Env(), "hs must be at most 4096");
+  const int n = first + R;
+  if (q_stride < hs || v_stride < hs || tile_stride < hs * kKeyTile) {
+    throw Napi::RangeError::New(info.Env(), "qStride and vStride must be at least hs, tileStride at least hs * 16");
+  }
+  const size_t keys_end = static_cast<size_t>((n - 1) / kKeyTile) * tile_stride + (hs - 1) * kKeyTile + (n - 1) % kKeyTile + 1;
+  std::vector<float> scores(static_cast<size_t>(R) * n);
+  k.attention(f32(info, 1, static_cast<size_t>(R) * hs, "out").Data(), hs,
+              f32(info, 2, static_cast<size_t>(R - 1) * q_stride + hs, "q").Data(), q_stride, R, first,
+              f32(info, 3, keys_end, "keys").Data(), tile_stride,
+              f32(info, 4, static_cast<size_t>(n - 1) * v_stride + hs, "values").Data(), v_stride, hs, scores.data());
 }
 
 // gelu(isa, x), in place

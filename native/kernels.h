@@ -22,6 +22,15 @@ inline size_t packed_size(int out_features, int in_features) {
 // W (OUT, IN) row-major -> packed (panels, IN, kPanel).
 void pack_linear(float* packed, const float* W, int out_features, int in_features);
 
+// The most queries one attention call takes (scratch is sized for it).
+constexpr int kAttentionRows = 8;
+
+// The KV cache keeps keys transposed in tiles of kKeyTile positions: tile i holds positions
+// i*16..i*16+15 as C rows of 16 floats (one 64-byte line per channel). q·K^T then loads whole
+// vectors along positions, a head's keys for 16 positions are one contiguous 4 KB block (hs=64),
+// and a decode step's new key fills one float in each of C consecutive lines.
+constexpr int kKeyTile = 16;
+
 // What a matmul does with out = x W^T + b before storing it.
 enum class Epilogue { store = 0, gelu = 1, residual = 2 };
 
@@ -34,10 +43,18 @@ struct Kernels {
                  Epilogue epilogue);
   // out (T, C) = LayerNorm(x (T, C)) * w + b, biased variance, eps 1e-5; b may be null.
   void (*layernorm)(float* out, const float* x, const float* w, const float* b, int T, int C);
-  // One head of causal attention for one query: out (hs) = softmax(q·K^T / sqrt(hs)) V over the
-  // n keys and values at rows 0..n-1 (row stride `stride`). scores: scratch of n floats.
-  void (*attention)(float* out, const float* q, const float* keys, const float* values, int n, int hs, int stride,
-                    float* scores);
+  // One head of causal attention for R consecutive queries of one sequence (1 <= R <=
+  // kAttentionRows): query r, row r of q (row stride q_stride), is at position first + r and
+  // attends over the keys and values at positions 0..first + r; its output goes to row r of out
+  // (row stride out_stride). keys: the head's keys in the key-tile layout (see kKeyTile), element
+  // d of key j at keys[(j / kKeyTile) * tile_stride + d * kKeyTile + j % kKeyTile]. values:
+  // (positions, v_stride) from the head's first element. scores: scratch of R * (first + R)
+  // floats. Every row's result is the same whatever R, so a prefill and the decode steps it
+  // replaces agree bit for bit.
+  void (*attention)(float* out, int out_stride, const float* q, int q_stride, int R, int first, const float* keys,
+                    int tile_stride, const float* values, int v_stride, int hs, float* scores);
+  // The R a caller should pass (the kernel's register block); any R up to kAttentionRows works.
+  int attention_rows;
   // x (n) = gelu(x), the exact erf form.
   void (*gelu)(float* x, int n);
 

@@ -8,4 +8,6 @@
 #define MICROGPT_MR 6          // 6 rows x 2 zmm = 12 accumulators of 32
 #define MICROGPT_GEMV_PANELS 4 // 4 panels x 2 zmm = 8 independent FMA chains
 #define MICROGPT_SMALL_ROWS 12 // 12 rows x 2 zmm = 24 accumulators: a batch of decode steps
+#define MICROGPT_ATT_ROWS 6   // attention: 6 queries x 4 zmm = 24 accumulators
+#define MICROGPT_ATT_VECS 4
 #include "kernels_simd.inc"

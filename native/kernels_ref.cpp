@@ -67,25 +67,30 @@ void layernorm_ref(float* out, const float* x, const float* w, const float* b, i
   }
 }
 
-void attention_ref(float* out, const float* q, const float* keys, const float* values, int n, int hs, int stride,
-                   float* scores) {
+void attention_ref(float* out, int out_stride, const float* q, int q_stride, int R, int first, const float* keys,
+                   int tile_stride, const float* values, int v_stride, int hs, float* scores) {
   const double scale = 1.0 / std::sqrt(static_cast<double>(hs));
-  double max = -INFINITY;
-  for (int j = 0; j < n; j++) {
-    double dot = 0;
-    for (int d = 0; d < hs; d++) dot += static_cast<double>(q[d]) * keys[static_cast<size_t>(j) * stride + d];
-    scores[j] = static_cast<float>(dot * scale);
-    if (scores[j] > max) max = scores[j];
-  }
-  double sum = 0;
-  for (int j = 0; j < n; j++) {
-    scores[j] = static_cast<float>(std::exp(scores[j] - max));
-    sum += scores[j];
-  }
-  for (int d = 0; d < hs; d++) {
-    double acc = 0;
-    for (int j = 0; j < n; j++) acc += static_cast<double>(scores[j]) * values[static_cast<size_t>(j) * stride + d];
-    out[d] = static_cast<float>(acc / sum);
+  for (int r = 0; r < R; r++) {
+    const float* qr = q + static_cast<size_t>(r) * q_stride;
+    const int n = first + r + 1;
+    double max = -INFINITY;
+    for (int j = 0; j < n; j++) {
+      double dot = 0;
+      const float* key = keys + static_cast<size_t>(j / kKeyTile) * tile_stride + j % kKeyTile;
+      for (int d = 0; d < hs; d++) dot += static_cast<double>(qr[d]) * key[d * kKeyTile];
+      scores[j] = static_cast<float>(dot * scale);
+      if (scores[j] > max) max = scores[j];
+    }
+    double sum = 0;
+    for (int j = 0; j < n; j++) {
+      scores[j] = static_cast<float>(std::exp(scores[j] - max));
+      sum += scores[j];
+    }
+    for (int d = 0; d < hs; d++) {
+      double acc = 0;
+      for (int j = 0; j < n; j++) acc += static_cast<double>(scores[j]) * values[static_cast<size_t>(j) * v_stride + d];
+      out[static_cast<size_t>(r) * out_stride + d] = static_cast<float>(acc / sum);
+    }
   }
 }
 
@@ -115,8 +120,8 @@ float read_sum_ref(const float* x, size_t n) {
 }  // namespace
 
 const Kernels& kernels_ref() {
-  static const Kernels k = {Isa::scalar, matmul_ref, layernorm_ref, attention_ref, gelu_ref,
-                            fma_loop_ref, kRefFmaChains * 2, read_sum_ref};
+  static const Kernels k = {Isa::scalar, matmul_ref,   layernorm_ref,      attention_ref, 1,
+                            gelu_ref,     fma_loop_ref, kRefFmaChains * 2, read_sum_ref};
   return k;
 }
 

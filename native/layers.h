@@ -20,10 +20,11 @@ void matmul(ThreadPool& pool, const Kernels& k, float* out, const float* x, cons
             int K, int N, Epilogue epilogue);
 
 // Causal self-attention of `rows` new tokens, possibly of several sequences. Row r is the token
-// at position pos[r] of the sequence whose layer cache is keys[r], values[r] (cache rows, C): its
-// k and v (from qkv) are written there first, then it attends over positions 0..pos[r].
-// qkv (rows, 3C), att (rows, C): the heads' outputs side by side.
-// scores (pool.size(), block_size): scratch. Work is split by (row, head).
+// at position pos[r] of the sequence whose layer cache is keys[r] (tiles, C, kKeyTile: see
+// kernels.h) and values[r] (positions, C): its k and v (from qkv) are written there first, then it
+// attends over positions 0..pos[r]. qkv (rows, 3C), att (rows, C): the heads' outputs side by
+// side. scores (pool.size(), kAttentionRows * block_size): scratch. Work is split by (block of
+// consecutive rows of one sequence, head).
 void attention(ThreadPool& pool, const Kernels& k, float* att, const float* qkv, float* const* keys,
                float* const* values, const int* pos, float* scores, int rows, int C, int n_head, int block_size);
 

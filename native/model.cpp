@@ -95,30 +95,49 @@ void matmul(ThreadPool& pool, const Kernels& k, float* out, const float* x, cons
 }
 
 // Causal self-attention of `rows` new tokens, possibly of several sequences. Row r is the token
-// at position pos[r] of the sequence whose layer cache is keys[r], values[r] (cache rows, C): its
-// k and v (from qkv) are written there first, then it attends over positions 0..pos[r].
-// qkv (rows, 3C): q, k, v of the new tokens; att (rows, C): the heads' outputs side by side.
-// scores (threads, block_size): scratch. Work is split by (row, head), never within a softmax.
+// at position pos[r] of the sequence whose layer cache is keys[r] (tiles, C, kKeyTile: see
+// kernels.h) and values[r] (positions, C): its k and v (from qkv) are written there first,
+// then it attends over positions 0..pos[r]. qkv (rows, 3C): q, k, v of the new tokens; att
+// (rows, C): the heads' outputs side by side. scores (threads, kAttentionRows * block_size):
+// scratch. Consecutive rows of one sequence go to the kernel in blocks of up to
+// k.attention_rows queries; work is split by (block, head), never within a softmax, and a row's
+// result does not depend on its block.
 void attention(ThreadPool& pool, const Kernels& k, float* att, const float* qkv, float* const* keys,
                float* const* values, const int* pos, float* scores, int rows, int C, int n_head, int block_size) {
+  const size_t tile_stride = static_cast<size_t>(C) * kKeyTile;
   double work = 0;
-  for (int t = 0; t < rows; t++) {
-    const float* row = qkv + static_cast<size_t>(t) * 3 * C;
-    std::memcpy(keys[t] + static_cast<size_t>(pos[t]) * C, row + C, C * sizeof(float));
-    std::memcpy(values[t] + static_cast<size_t>(pos[t]) * C, row + 2 * C, C * sizeof(float));
-    work += 2.0 * (pos[t] + 1) * C;
+  std::vector<int> blocks;  // first row of each block, then `rows`
+  for (int t0 = 0, t1; t0 < rows; t0 = t1) {
+    // A run: rows of one sequence at consecutive positions.
+    for (t1 = t0 + 1; t1 < rows && keys[t1] == keys[t0] && pos[t1] == pos[t1 - 1] + 1;) t1++;
+    // Keys transposed, a channel at a time across the run's positions: each line is written
+    // whole (up to kKeyTile floats in a row), not one float per row.
+    for (int c = 0; c < C; c++) {
+      const float* src = qkv + static_cast<size_t>(t0) * 3 * C + C + c;
+      for (int t = t0; t < t1; t++, src += 3 * C) {
+        keys[t0][(pos[t] / kKeyTile) * tile_stride + static_cast<size_t>(c) * kKeyTile + pos[t] % kKeyTile] = *src;
+      }
+    }
+    for (int t = t0; t < t1; t++) {
+      std::memcpy(values[t] + static_cast<size_t>(pos[t]) * C, qkv + static_cast<size_t>(t) * 3 * C + 2 * C, C * sizeof(float));
+      work += 2.0 * (pos[t] + 1) * C;
+    }
+    for (int t = t0; t < t1; t += k.attention_rows) blocks.push_back(t);
   }
+  const int n_blocks = static_cast<int>(blocks.size());
+  blocks.push_back(rows);
   const int hs = C / n_head;
-  const int tasks = rows * n_head;
+  const int tasks = n_blocks * n_head;
   const int n = threads_for(pool, work, tasks);
   pool.run(n, [&](int i) {
-    float* s = scores + static_cast<size_t>(i) * block_size;
-    // Interleaved, so the long rows of the causal triangle are spread over the threads.
+    float* s = scores + static_cast<size_t>(i) * kAttentionRows * block_size;
+    // Interleaved, so the long blocks of the causal triangle are spread over the threads.
     for (int task = i; task < tasks; task += n) {
-      const int t = task / n_head, h = task % n_head;
+      const int b = task / n_head, h = task % n_head;
+      const int t0 = blocks[b], R = blocks[b + 1] - t0;
       const size_t off = static_cast<size_t>(h) * hs;
-      k.attention(att + static_cast<size_t>(t) * C + off, qkv + static_cast<size_t>(t) * 3 * C + off, keys[t] + off,
-                  values[t] + off, pos[t] + 1, hs, C, s);
+      k.attention(att + static_cast<size_t>(t0) * C + off, C, qkv + static_cast<size_t>(t0) * 3 * C + off, 3 * C, R,
+                  pos[t0], keys[t0] + off * kKeyTile, static_cast<int>(tile_stride), values[t0] + off, C, hs, s);
     }
   });
 }
@@ -199,13 +218,14 @@ Model::Model(const Config& config, const std::vector<const float*>& tensors, Isa
   s_.qkv = FloatBuffer(R * 3 * C);
   s_.att = FloatBuffer(R * C);
   s_.hidden = FloatBuffer(R * 4 * C);
-  s_.scores = FloatBuffer(static_cast<size_t>(pool_.size()) * B);
+  s_.scores = FloatBuffer(static_cast<size_t>(pool_.size()) * kAttentionRows * B);
   s_.logits = FloatBuffer(static_cast<size_t>(kMaxBatch) * V);
 }
 
 KVCache Model::new_kv_cache(int rows) const {
-  const size_t n = static_cast<size_t>(config_.n_layer) * rows * config_.n_embd;
-  return KVCache{FloatBuffer(n), FloatBuffer(n), rows};
+  const int tiles = (rows + kKeyTile - 1) / kKeyTile;
+  const size_t C = static_cast<size_t>(config_.n_embd), L = static_cast<size_t>(config_.n_layer);
+  return KVCache{FloatBuffer(L * tiles * C * kKeyTile), FloatBuffer(L * rows * C), rows, tiles};
 }
 
 void Model::run(ForwardRequest* const* requests, int n) {
@@ -303,10 +323,9 @@ void Model::pass(ForwardRequest* const* batch, int n, int rows) {
     row = 0;
     for (int i = 0; i < n; i++) {
       KVCache& cache = *batch[i]->cache;
-      const size_t layer = static_cast<size_t>(l) * cache.rows * C;
       for (int t = 0; t < batch[i]->T; t++, row++) {
-        keys[row] = cache.keys.data() + layer;
-        values[row] = cache.values.data() + layer;
+        keys[row] = cache.keys.data() + static_cast<size_t>(l) * cache.tiles * C * kKeyTile;
+        values[row] = cache.values.data() + static_cast<size_t>(l) * cache.rows * C;
       }
     }
 

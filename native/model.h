@@ -89,16 +89,17 @@ struct RunState {
   FloatBuffer qkv;     // (R, 3C) queries, keys, values of the new tokens
   FloatBuffer att;     // (R, C) attention output, heads side by side
   FloatBuffer hidden;  // (R, 4C) the MLP's hidden layer, after GELU
-  FloatBuffer scores;  // (threads, block_size) attention scores, one row per thread
+  FloatBuffer scores;  // (threads, kAttentionRows * block_size) attention scores, a block per thread
   FloatBuffer logits;  // (kMaxBatch, vocab_size) last-position logits of a batch of sequences
 };
 
 // Keys and values of every layer at absolute positions 0..length-1, for up to `rows` positions
 // (block_size for a session; T for a one-off forward pass).
 struct KVCache {
-  FloatBuffer keys;    // (n_layer, rows, C)
+  FloatBuffer keys;    // (n_layer, tiles, C, kKeyTile): transposed in tiles of positions (kernels.h)
   FloatBuffer values;  // (n_layer, rows, C)
   int rows = 0;
+  int tiles = 0;       // rows / kKeyTile, rounded up
 };
 
 // One forward pass asked of the model: ids (T) at positions start..start+T-1 of `cache`

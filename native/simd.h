@@ -5,6 +5,8 @@
 //
 //   vf         a vector of kVL floats          vi      a vector of kVL int32
 //   vzero()    vset1(s)   vload(p)   vstore(p, v)            unaligned loads and stores
+//   vload_part(p, m)     vstore_part(p, v, m)                the first m lanes (1 <= m <= kVL)
+//                        only: no access beyond p + m, the other lanes load as 0
 //   vadd vsub vmul vdiv vmax vmin    vfma(a, b, c) = a * b + c, fused
 //   vfloor(v)  vabs(v)   vcopysign(magnitude, sign)
 //   vhsum(v)   vhmax(v)  vfirst(v)   horizontal sum, max, lane 0
@@ -34,6 +36,8 @@ inline vf vcopysign(vf mag, vf sign) {
 inline float vhsum(vf v) { return _mm512_reduce_add_ps(v); }
 inline float vhmax(vf v) { return _mm512_reduce_max_ps(v); }
 inline float vfirst(vf v) { return _mm512_cvtss_f32(v); }
+inline vf vload_part(const float* p, int m) { return _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << m) - 1), p); }
+inline void vstore_part(float* p, vf v, int m) { _mm512_mask_storeu_ps(p, static_cast<__mmask16>((1u << m) - 1), v); }
 inline vf vpow2i(vf n) {
   const __m512i e = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23);
   return _mm512_castsi512_ps(e);
@@ -72,6 +76,9 @@ inline float vhmax(vf v) {
   return _mm_cvtss_f32(s);
 }
 inline float vfirst(vf v) { return _mm256_cvtss_f32(v); }
+inline __m256i vmask_first(int m) { return _mm256_cmpgt_epi32(_mm256_set1_epi32(m), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)); }
+inline vf vload_part(const float* p, int m) { return _mm256_maskload_ps(p, vmask_first(m)); }
+inline void vstore_part(float* p, vf v, int m) { _mm256_maskstore_ps(p, vmask_first(m), v); }
 inline vf vpow2i(vf n) {
   const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
   return _mm256_castsi256_ps(e);
@@ -101,6 +108,16 @@ inline vf vcopysign(vf mag, vf sign) {
 inline float vhsum(vf v) { return vaddvq_f32(v); }
 inline float vhmax(vf v) { return vmaxvq_f32(v); }
 inline float vfirst(vf v) { return vgetq_lane_f32(v, 0); }
+inline vf vload_part(const float* p, int m) {
+  float lanes[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+  for (int i = 0; i < m; i++) lanes[i] = p[i];
+  return vld1q_f32(lanes);
+}
+inline void vstore_part(float* p, vf v, int m) {
+  float lanes[4];
+  vst1q_f32(lanes, v);
+  for (int i = 0; i < m; i++) p[i] = lanes[i];
+}
 inline vf vpow2i(vf n) {
   const int32x4_t e = vshlq_n_s32(vaddq_s32(vcvtnq_s32_f32(n), vdupq_n_s32(127)), 23);
   return vreinterpretq_f32_s32(e);

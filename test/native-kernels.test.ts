@@ -61,7 +61,86 @@ function gelu64(x: number): number {
   return 0.5 * x * (1 + erf(x * Math.SQRT1_2));
 }
 
+interface AttentionCase {
+  R: number;
+  first: number;
+  hs: number;
+  qStride: number;
+  /** Floats between tiles of 16 keys in the engine's key layout: at least 16 hs (16 C in a model). */
+  tileStride: number;
+  vStride: number;
+}
+
+/** The engine's key-tile layout: key j's element d at floor(j / 16) * tileStride + d * 16 + j % 16. */
+const KEY_TILE = 16;
+
+// R queries at positions first..first+R-1; first + R = 256 is a whole block of the char models.
+const attentionCases: AttentionCase[] = [
+  { R: 1, first: 0, hs: 4, qStride: 12, tileStride: 64, vStride: 16 },
+  { R: 1, first: 4, hs: 6, qStride: 18, tileStride: 96, vStride: 36 },
+  { R: 1, first: 16, hs: 12, qStride: 36, tileStride: 200, vStride: 36 },
+  { R: 1, first: 255, hs: 64, qStride: 1152, tileStride: 6144, vStride: 384 },
+  { R: 2, first: 0, hs: 16, qStride: 48, tileStride: 256, vStride: 32 },
+  { R: 3, first: 30, hs: 20, qStride: 20, tileStride: 320, vStride: 20 },
+  { R: 6, first: 0, hs: 64, qStride: 1152, tileStride: 6144, vStride: 384 },
+  { R: 6, first: 250, hs: 64, qStride: 1152, tileStride: 6144, vStride: 384 },
+  { R: 7, first: 57, hs: 3, qStride: 9, tileStride: 48, vStride: 9 },
+  { R: 8, first: 13, hs: 48, qStride: 144, tileStride: 800, vStride: 48 },
+  { R: 8, first: 100, hs: 33, qStride: 99, tileStride: 528, vStride: 40 },
+];
+
+/** Random q, keys (logical (hs, n) and in the engine's tiles) and values for a case. */
+function attentionInputs(c: AttentionCase): { q: Float32Array; keysT: Float32Array; keys: Float32Array; values: Float32Array } {
+  const n = c.first + c.R;
+  const seed = c.R * 1000 + c.first * 7 + c.hs;
+  const keysT = randomArray(c.hs * n, seed + 1, 2); // element d of key j at d * n + j
+  // Exactly as long as the kernel may read, so a read past the last key would land outside.
+  const keys = new Float32Array(Math.floor((n - 1) / KEY_TILE) * c.tileStride + (c.hs - 1) * KEY_TILE + ((n - 1) % KEY_TILE) + 1);
+  for (let j = 0; j < n; j++) {
+    for (let d = 0; d < c.hs; d++) keys[Math.floor(j / KEY_TILE) * c.tileStride + d * KEY_TILE + (j % KEY_TILE)] = keysT[d * n + j] as number;
+  }
+  return {
+    q: randomArray((c.R - 1) * c.qStride + c.hs, seed, 2),
+    keysT,
+    keys,
+    values: randomArray((n - 1) * c.vStride + c.hs, seed + 2),
+  };
+}
+
+/** The definition, in float64: row r = softmax(q_r · K^T / sqrt(hs)) V over keys 0..first+r. */
+function attention64(c: AttentionCase, q: Float32Array, keysT: Float32Array, values: Float32Array): number[] {
+  const out: number[] = [];
+  const n = c.first + c.R;
+  for (let r = 0; r < c.R; r++) {
+    const nr = c.first + r + 1;
+    const s: number[] = [];
+    for (let j = 0; j < nr; j++) {
+      let dot = 0;
+      for (let d = 0; d < c.hs; d++) dot += (q[r * c.qStride + d] as number) * (keysT[d * n + j] as number);
+      s.push(dot / Math.sqrt(c.hs));
+    }
+    const max = Math.max(...s);
+    const e = s.map((v) => Math.exp(v - max));
+    const sum = e.reduce((a, b) => a + b, 0);
+    for (let d = 0; d < c.hs; d++) {
+      let acc = 0;
+      for (let j = 0; j < nr; j++) acc += (e[j] as number) * (values[j * c.vStride + d] as number);
+      out.push(acc / sum);
+    }
+  }
+  return out;
+}
+
 describe('scalar reference kernels match the js backend (float64)', () => {
+  test('attention', () => {
+    for (const c of attentionCases) {
+      const { q, keysT, keys, values } = attentionInputs(c);
+      const out = new Float32Array(c.R * c.hs);
+      addon.testing.attention('scalar', out, q, keys, values, c.R, c.first, c.hs, c.qStride, c.tileStride, c.vStride);
+      assert.ok(relDiff(out, attention64(c, q, keysT, values)) < 1e-6, JSON.stringify(c));
+    }
+  });
+
   test('matmul, every epilogue', () => {
     for (const [T, K, N] of matmulShapes) {
       const x = randomArray(T * K, T * 7 + K);
@@ -142,16 +221,28 @@ for (const isa of SIMD_ISAS) {
       }
     });
 
-    test('attention: one head, one query, over 1 to blockSize keys', () => {
-      for (const [n, hs, stride] of [[1, 4, 16], [5, 6, 36], [17, 12, 36], [24, 16, 32], [256, 64, 384], [33, 20, 20], [100, 3, 9]] as const) {
-        const q = randomArray(hs, n + hs, 2);
-        const keys = randomArray(n * stride, n * 3, 2);
-        const values = randomArray(n * stride, n * 5);
-        const want = new Float32Array(hs);
-        const got = new Float32Array(hs);
-        addon.testing.attention('scalar', want, q, keys, values, n, hs, stride);
-        addon.testing.attention(isa, got, q, keys, values, n, hs, stride);
-        assert.ok(relDiff(got, want) < 1e-5, `n=${n} hs=${hs}: ${relDiff(got, want)}`);
+    test('attention: blocks of 1 to 8 queries, 1 to blockSize keys, odd head sizes and strides', () => {
+      for (const c of attentionCases) {
+        const { q, keys, values } = attentionInputs(c);
+        const want = new Float32Array(c.R * c.hs);
+        const got = new Float32Array(c.R * c.hs);
+        addon.testing.attention('scalar', want, q, keys, values, c.R, c.first, c.hs, c.qStride, c.tileStride, c.vStride);
+        addon.testing.attention(isa, got, q, keys, values, c.R, c.first, c.hs, c.qStride, c.tileStride, c.vStride);
+        assert.ok(relDiff(got, want) < 1e-5, `${JSON.stringify(c)}: ${relDiff(got, want)}`);
+      }
+    });
+
+    test('attention: a query gives the same bits alone (decode) as inside a block (prefill)', () => {
+      for (const c of attentionCases.filter((x) => x.R > 1)) {
+        const { q, keys, values } = attentionInputs(c);
+        const block = new Float32Array(c.R * c.hs);
+        addon.testing.attention(isa, block, q, keys, values, c.R, c.first, c.hs, c.qStride, c.tileStride, c.vStride);
+        for (let r = 0; r < c.R; r++) {
+          const alone = new Float32Array(c.hs);
+          const qr = q.subarray(r * c.qStride);
+          addon.testing.attention(isa, alone, qr, keys, values, 1, c.first + r, c.hs, c.qStride, c.tileStride, c.vStride);
+          assert.deepEqual(alone, block.subarray(r * c.hs, (r + 1) * c.hs), `${JSON.stringify(c)}: row ${r}`);
+        }
       }
     });
 

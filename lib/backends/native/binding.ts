@@ -78,8 +78,25 @@ export interface AddonTesting {
   matmul(isa: AddonIsa, out: Float32Array, x: Float32Array, W: Float32Array, b: Float32Array | null, T: number, K: number, N: number, epilogue: 0 | 1 | 2): void;
   /** out (T, C) = LayerNorm(x) * w + b. */
   layernorm(isa: AddonIsa, out: Float32Array, x: Float32Array, w: Float32Array, b: Float32Array | null, T: number, C: number): void;
-  /** out (hs) = softmax(q · K^T / sqrt(hs)) V over n keys/values with row stride `stride`. */
-  attention(isa: AddonIsa, out: Float32Array, q: Float32Array, keys: Float32Array, values: Float32Array, n: number, hs: number, stride: number): void;
+  /**
+   * One head of causal attention for R queries at positions first..first+R-1 (R <= 8): query r
+   * (row r of q, stride qStride) attends over keys/values 0..first+r; out (R, hs). keys are in the
+   * engine's key-tile layout: element d of key j at keys[floor(j / 16) * tileStride + d * 16 + j % 16].
+   * values (first + R, vStride).
+   */
+  attention(
+    isa: AddonIsa,
+    out: Float32Array,
+    q: Float32Array,
+    keys: Float32Array,
+    values: Float32Array,
+    R: number,
+    first: number,
+    hs: number,
+    qStride: number,
+    tileStride: number,
+    vStride: number,
+  ): void;
   /** x = gelu(x) in place. */
   gelu(isa: AddonIsa, x: Float32Array): void;
   /** Kernel lab: seconds per threaded matmul (T, K) x (N, K)^T on a fresh pool of `threads`. */
