@@ -110,13 +110,16 @@ void attention(ThreadPool& pool, const Kernels& k, float* att, const float* qkv,
   for (int t0 = 0, t1; t0 < rows; t0 = t1) {
     // A run: rows of one sequence at consecutive positions.
     for (t1 = t0 + 1; t1 < rows && keys[t1] == keys[t0] && pos[t1] == pos[t1 - 1] + 1;) t1++;
-    // Keys transposed, a channel at a time across the run's positions: each line is written
-    // whole (up to kKeyTile floats in a row), not one float per row.
-    for (int c = 0; c < C; c++) {
-      const float* src = qkv + static_cast<size_t>(t0) * 3 * C + C + c;
-      for (int t = t0; t < t1; t++, src += 3 * C) {
-        keys[t0][(pos[t] / kKeyTile) * tile_stride + static_cast<size_t>(c) * kKeyTile + pos[t] % kKeyTile] = *src;
+    // Keys transposed, up to kKeyTile positions (one tile) at a time, a channel at a time: each
+    // line is written whole, and the tile's rows of qkv stay in L1 across the channels.
+    for (int a = t0; a < t1;) {
+      const int b = std::min(t1, a + kKeyTile - pos[a] % kKeyTile);  // to the end of a's tile
+      float* dst = keys[t0] + (pos[a] / kKeyTile) * tile_stride + pos[a] % kKeyTile;
+      for (int c = 0; c < C; c++, dst += kKeyTile) {
+        const float* src = qkv + static_cast<size_t>(a) * 3 * C + C + c;
+        for (int t = 0; t < b - a; t++) dst[t] = src[static_cast<size_t>(t) * 3 * C];
       }
+      a = b;
     }
     for (int t = t0; t < t1; t++) {
       std::memcpy(values[t] + static_cast<size_t>(pos[t]) * C, qkv + static_cast<size_t>(t) * 3 * C + 2 * C, C * sizeof(float));
