@@ -16,10 +16,12 @@ namespace microgpt {
 
 namespace {
 
-// Outside a Busy scope a waiting thread spins this long before it sleeps: short, because the
-// thread we wait for may need this very core (measured on a 2-vCPU VM: every extra microsecond
-// of idle spin added two to each barrier).
-constexpr auto kIdleSpin = std::chrono::microseconds(2);
+// Outside a Busy scope a waiting thread spins this long before it sleeps: about the gap between
+// two decode steps of a generation (the result's trip to the main thread, sampling, the next
+// request's trip back: 100-200 us on the 2-vCPU VM), so a worker is still up when the next pass
+// starts instead of paying a wake-up at its first split. After kYieldAfter it yields at every
+// check, so it only spins on a core nobody else wants.
+constexpr auto kIdleSpin = std::chrono::microseconds(250);
 // Inside one, this long: longer than the one-thread stretches of a pass (the layers too small to
 // split take a few microseconds), short enough that a thread whose partner was descheduled soon
 // gives its core back.

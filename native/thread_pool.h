@@ -5,9 +5,9 @@
 // microseconds to wake (measured on a 2-vCPU VM: 3 to 60 us per run()), while two spinning
 // threads hand over work in well under a microsecond. But a thread that spins while there is no
 // work steals the very core the thread we wait for (Node's main thread, libuv's) needs. So
-// workers spin only while the pool is busy, i.e. inside a Busy scope (one forward pass, which
-// calls run() some fifty times in a row), and sleep otherwise: a pass pays one wake-up, not one
-// per layer.
+// workers spin freely only while the pool is busy, i.e. inside a Busy scope (one forward pass,
+// which calls run() some fifty times in a row); between passes they spin about one decode step's
+// gap, yielding their core, then sleep: a pass pays at most one wake-up, not one per layer.
 #pragma once
 
 #include <atomic>
