@@ -7,7 +7,7 @@ import { readFileSync } from 'node:fs';
 import { readFile, stat, writeFile } from 'node:fs/promises';
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { availableBackends } from './backends/index.js';
-import type { BackendChoice, BackendName } from './backends/types.js';
+import type { BackendChoice, BackendName, PrecisionChoice } from './backends/types.js';
 import { benchChartSvg } from './bench/chart.js';
 import { formatBenchReport } from './bench/report.js';
 import { runBench } from './bench/run.js';
@@ -15,7 +15,7 @@ import { MicroGPTError } from './errors.js';
 import type { GenerationResult } from './generate.js';
 import { readSafetensors, writeSafetensors, type WritableDType } from './formats/safetensors.js';
 import { evaluate, MAX_EVAL_CHARACTERS } from './evaluate.js';
-import { DEFAULT_MODEL, loadModel, readModelFile } from './load.js';
+import { DEFAULT_MODEL, loadModel, readModelFile, type LoadOptions } from './load.js';
 import { parameterCount } from './config.js';
 
 const USAGE = `Usage: microgpt <command> [options]
@@ -23,7 +23,8 @@ const USAGE = `Usage: microgpt <command> [options]
 Commands:
   generate  [--model PATH] [--meta meta.pkl] [--prompt TEXT] [--max-new-tokens N]
             [--temperature T] [--top-k K] [--top-p P] [--seed S] [--num-samples N]
-            [--stop TEXT]... [--backend auto|js|native|cuda] [--threads N] [--json]
+            [--stop TEXT]... [--backend auto|js|native|cuda] [--threads N]
+            [--precision auto|f32|f16] [--json]
             Prints the continuation of the prompt (without the prompt).
   info      [--model PATH] [--meta meta.pkl] [--json]
             Describes a model: config, parameters, vocabulary, format.
@@ -32,12 +33,16 @@ Commands:
   bench     [--shape char-10M|gpt2-124M]... [--backend B]... [--runs N] [--threads N] [--json]
             [--chart FILE.svg]
             Tokens/s of decode and prefill, GEMM GFLOP/s, per engine, random weights.
-  eval      [--model PATH] [--meta meta.pkl] --data FILE [--split all|val] [--backend B] [--json]
+  eval      [--model PATH] [--meta meta.pkl] --data FILE [--split all|val] [--backend B]
+            [--threads N] [--precision P] [--json]
             Mean cross-entropy and perplexity of the model over a text file, in
             non-overlapping windows of blockSize (--split val: nanoGPT's last 10%).
 
 PATH is a .safetensors file, a nanoGPT ckpt.pt, or a nanoGPT out_dir; without --model,
 the Shakespeare model bundled with microgpt ('default').
+--precision: how the engine keeps the weight matrices. auto (default): float16 when that
+changes no weight (float16 checkpoints, the bundled model), else float32; f16 rounds float32
+weights (half the memory traffic per token, logits within about 1e-3).
 Run 'microgpt <command> --help' for a command's options.`;
 
 class UsageError extends Error {}
@@ -49,6 +54,22 @@ const modelOptions: Options = {
   meta: { type: 'string' },
   help: { type: 'boolean', short: 'h' },
 };
+
+/** The options of commands that run a model: which engine, with how many threads, in what precision. */
+const engineFlags: Options = {
+  backend: { type: 'string' },
+  threads: { type: 'string' },
+  precision: { type: 'string' },
+};
+
+function engineOptions(values: Record<string, unknown>): LoadOptions {
+  return {
+    ...optionalString(values, 'meta'),
+    ...(typeof values['backend'] === 'string' ? { backend: values['backend'] as BackendChoice } : {}),
+    ...optionalNumber(values, 'threads', 'threads'),
+    ...(typeof values['precision'] === 'string' ? { precision: values['precision'] as PrecisionChoice } : {}),
+  };
+}
 
 async function main(argv: string[]): Promise<void> {
   const [command, ...rest] = argv;
@@ -89,15 +110,12 @@ async function generate(args: string[]): Promise<void> {
     seed: { type: 'string' },
     'num-samples': { type: 'string' },
     stop: { type: 'string', multiple: true },
-    backend: { type: 'string' },
-    threads: { type: 'string' },
+    ...engineFlags,
     json: { type: 'boolean' },
   });
   if (values['help'] === true) return void process.stdout.write(`${USAGE}\n`);
   const model = await loadModel(modelPath(values), {
-    ...optionalString(values, 'meta'),
-    ...(typeof values['backend'] === 'string' ? { backend: values['backend'] as BackendChoice } : {}),
-    ...optionalNumber(values, 'threads', 'threads'),
+    ...engineOptions(values),
   });
   try {
     const prompt = typeof values['prompt'] === 'string' ? values['prompt'] : '\n';
@@ -140,13 +158,14 @@ async function generate(args: string[]): Promise<void> {
         tokens,
         finishReason: first.finishReason,
         backend: model.backend,
+        precision: model.precision,
         tokensPerSecond: Math.round(tokensPerSecond * 10) / 10,
         seconds: Math.round(seconds * 1e4) / 1e4,
         ...(numSamples > 1 ? { samples: results } : {}),
       };
       process.stdout.write(`${JSON.stringify(out)}\n`);
     } else {
-      process.stderr.write(`microgpt: ${tokens} tokens in ${seconds.toFixed(2)} s (${tokensPerSecond.toFixed(1)} tokens/s, ${model.backend} backend)\n`);
+      process.stderr.write(`microgpt: ${tokens} tokens in ${seconds.toFixed(2)} s (${tokensPerSecond.toFixed(1)} tokens/s, ${model.backend} backend, ${model.precision} weights)\n`);
     }
   } finally {
     model.dispose();
@@ -211,8 +230,7 @@ async function evalCommand(args: string[]): Promise<void> {
     ...modelOptions,
     data: { type: 'string' },
     split: { type: 'string' },
-    backend: { type: 'string' },
-    threads: { type: 'string' },
+    ...engineFlags,
     json: { type: 'boolean' },
   });
   if (values['help'] === true) return void process.stdout.write(`${USAGE}\n`);
@@ -226,9 +244,7 @@ async function evalCommand(args: string[]): Promise<void> {
   if (size > MAX_EVAL_CHARACTERS * 4) throw new UsageError(`--data ${data} is ${size} bytes; eval reads at most ${MAX_EVAL_CHARACTERS * 4}`);
   const text = await readFile(data, 'utf8');
   const model = await loadModel(modelPath(values), {
-    ...optionalString(values, 'meta'),
-    ...(typeof values['backend'] === 'string' ? { backend: values['backend'] as BackendChoice } : {}),
-    ...optionalNumber(values, 'threads', 'threads'),
+    ...engineOptions(values),
   });
   try {
     const started = process.hrtime.bigint();

@@ -28,3 +28,8 @@ export function invalidArgument(message: string): MicroGPTError {
 export function badCheckpoint(source: string, message: string): MicroGPTError {
   return new MicroGPTError('ERR_BAD_CHECKPOINT', `${source}: ${message}`);
 }
+
+/** Precision 'f16' asked of weights float16 cannot hold (the same words for every engine). */
+export function beyondFloat16(): MicroGPTError {
+  return invalidArgument("precision 'f16': a weight is beyond float16's range (|w| >= 65520, or not finite); use precision 'f32'");
+}

@@ -22,5 +22,5 @@ export { Rng } from './sampling/rng.js';
 export { Sampler, argmax, type SamplerSettings } from './sampling/sample.js';
 export { readSafetensors, writeSafetensors, type SafetensorsModel, type WritableDType } from './formats/safetensors.js';
 export { availableBackends } from './backends/index.js';
-export type { Backend, BackendChoice, BackendName, InferenceSession, ModelRuntime, RuntimeOptions } from './backends/types.js';
+export type { Backend, BackendChoice, BackendName, InferenceSession, ModelRuntime, Precision, PrecisionChoice, RuntimeOptions } from './backends/types.js';
 export type { ModelWeights, LayerWeights, Tensor } from './weights.js';

@@ -1,5 +1,5 @@
 import { parameterCount, type ModelConfig } from './config.js';
-import type { BackendName, ModelRuntime } from './backends/types.js';
+import type { BackendName, ModelRuntime, Precision } from './backends/types.js';
 import { MicroGPTError, invalidArgument } from './errors.js';
 import {
   checkPrompt,
@@ -43,6 +43,11 @@ export class Model {
   /** The engine running the forward pass. */
   get backend(): BackendName {
     return this.live().backend;
+  }
+
+  /** How the engine keeps the matrices ('f32' or 'f16'; see LoadOptions.precision). */
+  get precision(): Precision {
+    return this.live().precision;
   }
 
   /** Parameters, the tied lm_head counted once (as nanoGPT reports them). */

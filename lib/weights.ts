@@ -1,5 +1,6 @@
 import type { ModelConfig } from './config.js';
 import { badCheckpoint } from './errors.js';
+import { decodeToFloat32, encodeFloat16 } from './formats/dtype.js';
 
 /** A dense row-major float32 tensor. */
 export interface Tensor {
@@ -33,6 +34,35 @@ export interface ModelWeights {
   readonly layers: readonly LayerWeights[];
   readonly lnfWeight: Float32Array; // (C)
   readonly lnfBias: Float32Array | null; // (C)
+}
+
+/**
+ * The weights with every matrix (wte, which is also the tied lm_head, and the Linear weights)
+ * rounded to the nearest IEEE float16, as an engine keeping them in float16 computes with; the
+ * other tensors are shared, not copied.
+ */
+export function roundMatricesToFloat16(w: ModelWeights): ModelWeights {
+  const round = (a: Float32Array): Float32Array => {
+    const bits = encodeFloat16(a);
+    return decodeToFloat32(new Uint8Array(bits.buffer, bits.byteOffset, bits.byteLength), 0, a.length, 'F16');
+  };
+  return {
+    ...w,
+    wte: round(w.wte),
+    layers: w.layers.map((l) => ({
+      ...l,
+      attnWeight: round(l.attnWeight),
+      attnProjWeight: round(l.attnProjWeight),
+      mlpFcWeight: round(l.mlpFcWeight),
+      mlpProjWeight: round(l.mlpProjWeight),
+    })),
+  };
+}
+
+/** Whether some matrix holds a value float16 cannot hold (|w| >= 65520, or not finite). */
+export function matricesBeyondFloat16(w: ModelWeights): boolean {
+  const beyond = (a: Float32Array) => a.some((v) => !(Math.abs(v) < 65520));
+  return beyond(w.wte) || w.layers.some((l) => [l.attnWeight, l.attnProjWeight, l.mlpFcWeight, l.mlpProjWeight].some(beyond));
 }
 
 /**

@@ -85,7 +85,7 @@ std::vector<int> token_ids(Napi::Value value, int max_length, int vocab_size, in
 class LoadWorker : public Napi::AsyncWorker {
  public:
   LoadWorker(Napi::Object receiver, std::shared_ptr<Handle> handle, std::vector<const float*> tensors,
-             std::vector<Napi::ObjectReference> keep, Isa isa, int threads)
+             std::vector<Napi::ObjectReference> keep, Isa isa, int threads, Precision precision)
       : Napi::AsyncWorker(receiver.Env(), "microgpt.load"),
         receiver_(Napi::Persistent(receiver)),
         deferred_(Napi::Promise::Deferred::New(receiver.Env())),
@@ -93,12 +93,13 @@ class LoadWorker : public Napi::AsyncWorker {
         tensors_(std::move(tensors)),
         keep_(std::move(keep)),
         isa_(isa),
-        threads_(threads) {}
+        threads_(threads),
+        precision_(precision) {}
   Napi::Promise promise() { return deferred_.Promise(); }
 
   void Execute() override {
     try {
-      model_ = std::make_shared<Model>(handle_->config, tensors_, isa_, threads_);
+      model_ = std::make_shared<Model>(handle_->config, tensors_, isa_, threads_, precision_);
     } catch (const std::bad_alloc&) {
       SetError("out of memory while copying the weights into the native engine");
     } catch (const std::exception& e) {
@@ -128,6 +129,7 @@ class LoadWorker : public Napi::AsyncWorker {
   std::vector<Napi::ObjectReference> keep_;  // the weight arrays stay alive while we copy them
   Isa isa_;
   int threads_;
+  Precision precision_;
   std::shared_ptr<Model> model_;
 };
 
@@ -217,10 +219,11 @@ class NativeModel : public Napi::ObjectWrap<NativeModel> {
                         InstanceMethod<&NativeModel::create_session>("createSession"),
                         InstanceMethod<&NativeModel::dispose>("dispose"),
                         InstanceAccessor<&NativeModel::isa>("isa"),
-                        InstanceAccessor<&NativeModel::threads>("threads")});
+                        InstanceAccessor<&NativeModel::threads>("threads"),
+                        InstanceAccessor<&NativeModel::precision>("precision")});
   }
 
-  // new Model(config, { threads, isa })
+  // new Model(config, { threads, isa?, precision?: 'f32' | 'f16' | 'auto' (default 'f32') })
   explicit NativeModel(const Napi::CallbackInfo& info) : Napi::ObjectWrap<NativeModel>(info) {
     Napi::Env env = info.Env();
     if (info.Length() < 2 || !info[0].IsObject() || !info[1].IsObject()) {
@@ -245,6 +248,19 @@ class NativeModel : public Napi::ObjectWrap<NativeModel> {
     if (threads_ > 1024) throw Napi::RangeError::New(env, "threads must be at most 1024");
     isa_ = isa_best();
     if (o.Get("isa").IsString()) isa_ = isa_argument(env, o.Get("isa").As<Napi::String>().Utf8Value());
+    Napi::Value precision = o.Get("precision");
+    if (!precision.IsUndefined()) {
+      const std::string p = precision.IsString() ? precision.As<Napi::String>().Utf8Value() : "";
+      if (p == "f32") {
+        precision_ = Precision::f32;
+      } else if (p == "f16") {
+        precision_ = Precision::f16;
+      } else if (p == "auto") {
+        precision_ = Precision::automatic;
+      } else {
+        throw Napi::TypeError::New(env, "options.precision must be 'f32', 'f16' or 'auto'");
+      }
+    }
   }
 
  private:
@@ -280,7 +296,7 @@ class NativeModel : public Napi::ObjectWrap<NativeModel> {
       keep.push_back(Napi::Persistent(a.As<Napi::Object>()));
     }
     handle_->loading = true;
-    auto* worker = new LoadWorker(Value(), handle_, std::move(tensors), std::move(keep), isa_, threads_);
+    auto* worker = new LoadWorker(Value(), handle_, std::move(tensors), std::move(keep), isa_, threads_, precision_);
     Napi::Promise p = worker->promise();
     worker->Queue();
     return p;
@@ -332,6 +348,12 @@ class NativeModel : public Napi::ObjectWrap<NativeModel> {
 
   Napi::Value isa(const Napi::CallbackInfo& info) { return Napi::String::New(info.Env(), isa_name(isa_)); }
   Napi::Value threads(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), threads_); }
+  // 'f32' or 'f16' once loaded ('auto' resolved); the requested precision before.
+  Napi::Value precision(const Napi::CallbackInfo& info) {
+    Precision p = precision_;
+    if (handle_->model) p = handle_->model->precision();
+    return Napi::String::New(info.Env(), p == Precision::f16 ? "f16" : p == Precision::f32 ? "f32" : "auto");
+  }
 
   std::shared_ptr<Model> live(Napi::Env env) {
     if (handle_->disposed) throw disposed_error(env, "model");
@@ -342,6 +364,7 @@ class NativeModel : public Napi::ObjectWrap<NativeModel> {
   std::shared_ptr<Handle> handle_;
   Isa isa_ = Isa::scalar;
   int threads_ = 1;
+  Precision precision_ = Precision::f32;
 };
 
 // ---- Session ----------------------------------------------------------------------------------

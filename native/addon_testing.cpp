@@ -43,7 +43,8 @@ const Kernels& kernels_arg(const Napi::CallbackInfo& info) {
   return kernels_for(isa_argument(info.Env(), info[0].As<Napi::String>().Utf8Value()));
 }
 
-// matmul(isa, out (T, N), x (T, K), W (N, K) unpacked, b (N) | null, T, K, N, epilogue 0|1|2)
+// matmul(isa, out (T, N), x (T, K), W (N, K) unpacked, b (N) | null, T, K, N, epilogue 0|1|2, f16?):
+// with f16 true, W is packed in float16 (rounded) and the float16 kernel runs.
 void test_matmul(const Napi::CallbackInfo& info) {
   const Kernels& k = kernels_arg(info);
   const int T = positive(info, 5, "T"), K = positive(info, 6, "K"), N = positive(info, 7, "N");
@@ -53,9 +54,22 @@ void test_matmul(const Napi::CallbackInfo& info) {
   const float* b = f32_or_null(info, 4, N, "b");
   const int epilogue = info[8].As<Napi::Number>().Int32Value();
   if (epilogue < 0 || epilogue > 2) throw Napi::RangeError::New(info.Env(), "epilogue must be 0, 1 or 2");
+  if (info.Length() > 9 && info[9].ToBoolean().Value()) {
+    std::vector<uint16_t> packed(packed_size(N, K));
+    pack_linear_f16(packed.data(), W, N, K);
+    k.matmul_f16(out, x, packed.data(), b, T, K, N, 0, panel_count(N), static_cast<Epilogue>(epilogue));
+    return;
+  }
   std::vector<float> packed(packed_size(N, K));
   pack_linear(packed.data(), W, N, K);
   k.matmul(out, x, packed.data(), b, T, K, N, 0, panel_count(N), static_cast<Epilogue>(epilogue));
+}
+
+// f16Round(x): each element rounded to the nearest float16 and widened back, in place; the
+// engine's own conversion, so the tests can build float16-exact weights.
+void test_f16_round(const Napi::CallbackInfo& info) {
+  Napi::Float32Array x = f32(info, 0, 0, "x");
+  for (size_t i = 0; i < x.ElementLength(); i++) x[i] = f16_to_f32(f32_to_f16(x[i]));
 }
 
 // layernorm(isa, out (T, C), x (T, C), w (C), b (C) | null, T, C)
@@ -110,9 +124,10 @@ Napi::Value bench_matmul(const Napi::CallbackInfo& info) {
   std::vector<float> packed(packed_size(N, K));
   pack_linear(packed.data(), W.data(), N, K);
   ThreadPool pool(threads);
-  matmul(pool, k, out.data(), x.data(), packed.data(), nullptr, T, K, N, Epilogue::store);
+  const PackedLinear w{packed.data(), nullptr};
+  matmul(pool, k, out.data(), x.data(), w, nullptr, T, K, N, Epilogue::store);
   const auto t0 = std::chrono::steady_clock::now();
-  for (int r = 0; r < reps; r++) matmul(pool, k, out.data(), x.data(), packed.data(), nullptr, T, K, N, Epilogue::store);
+  for (int r = 0; r < reps; r++) matmul(pool, k, out.data(), x.data(), w, nullptr, T, K, N, Epilogue::store);
   const std::chrono::duration<double> dt = std::chrono::steady_clock::now() - t0;
   return Napi::Number::New(info.Env(), dt.count() / reps);
 }
@@ -173,6 +188,7 @@ Napi::Object make_testing(Napi::Env env) {
   t.Set("layernorm", Napi::Function::New(env, test_layernorm, "layernorm"));
   t.Set("attention", Napi::Function::New(env, test_attention, "attention"));
   t.Set("gelu", Napi::Function::New(env, test_gelu, "gelu"));
+  t.Set("f16Round", Napi::Function::New(env, test_f16_round, "f16Round"));
   t.Set("benchPool", Napi::Function::New(env, bench_pool, "benchPool"));
   t.Set("benchMatmul", Napi::Function::New(env, bench_matmul, "benchMatmul"));
   t.Set("benchFmaPeak", Napi::Function::New(env, bench_fma_peak, "benchFmaPeak"));

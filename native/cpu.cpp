@@ -19,7 +19,7 @@ namespace microgpt {
 namespace {
 
 struct CpuFeatures {
-  bool avx2_fma = false;
+  bool avx2_fma = false;  // AVX2, FMA and F16C (float16 weights): every AVX2 CPU has all three
   bool avx512 = false;  // F, BW, DQ, VL: what kernels_avx512.cpp is compiled for
   bool neon = false;
 };
@@ -59,6 +59,7 @@ CpuFeatures probe() {
   const bool osxsave = (r[2] >> 27) & 1;
   const bool avx = (r[2] >> 28) & 1;
   const bool fma = (r[2] >> 12) & 1;
+  const bool f16c = (r[2] >> 29) & 1;
   if (!osxsave || !avx) return f;
   const unsigned long long xcr0 = xgetbv0();
   const bool ymm_state = (xcr0 & 0x6) == 0x6;     // SSE and AVX state
@@ -69,7 +70,7 @@ CpuFeatures probe() {
   const bool avx512dq = (r[1] >> 17) & 1;
   const bool avx512bw = (r[1] >> 30) & 1;
   const bool avx512vl = (r[1] >> 31) & 1;
-  f.avx2_fma = ymm_state && avx2 && fma;
+  f.avx2_fma = ymm_state && avx2 && fma && f16c;
   f.avx512 = f.avx2_fma && zmm_state && avx512f && avx512dq && avx512bw && avx512vl;
 #elif defined(MICROGPT_HAVE_NEON)
   f.neon = true;  // part of the AArch64 baseline

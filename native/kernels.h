@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 
 #include "cpu.h"
 
@@ -21,6 +22,23 @@ inline size_t packed_size(int out_features, int in_features) {
 }
 // W (OUT, IN) row-major -> packed (panels, IN, kPanel).
 void pack_linear(float* packed, const float* W, int out_features, int in_features);
+// The same layout in IEEE float16 (round to nearest even), for models kept in half precision.
+// The caller has checked that every weight is finite in float16 (|w| < 65520).
+void pack_linear_f16(uint16_t* packed, const float* W, int out_features, int in_features);
+
+// A Linear weight packed by one of the two: one pointer is set.
+struct PackedLinear {
+  const float* f32 = nullptr;
+  const uint16_t* f16 = nullptr;
+};
+
+// IEEE binary16 <-> binary32, portable (the kernels convert with F16C or NEON instead; both are
+// exact in this direction, and f32_to_f16 rounds to nearest even as the hardware does).
+float f16_to_f32(uint16_t h);
+uint16_t f32_to_f16(float f);
+// Whether every x[i] is a float16 value (f16_to_f32(f32_to_f16(x)) == x): a model whose weights
+// all are loses nothing when kept in float16.
+bool f16_exact(const float* x, size_t n);
 
 // The most queries one attention call takes (scratch is sized for it).
 constexpr int kAttentionRows = 8;
@@ -41,6 +59,10 @@ struct Kernels {
   // Epilogue::gelu stores gelu(x W^T + b); Epilogue::residual adds x W^T + b to out.
   void (*matmul)(float* out, const float* x, const float* wp, const float* b, int T, int K, int N, int p0, int p1,
                  Epilogue epilogue);
+  // The same with W packed in float16 (pack_linear_f16): each weight is widened exactly and the
+  // arithmetic is the float32 kernel's, so float16-exact weights give the same bits either way.
+  void (*matmul_f16)(float* out, const float* x, const uint16_t* wp, const float* b, int T, int K, int N, int p0,
+                     int p1, Epilogue epilogue);
   // out (T, C) = LayerNorm(x (T, C)) * w + b, biased variance, eps 1e-5; b may be null.
   void (*layernorm)(float* out, const float* x, const float* w, const float* b, int T, int C);
   // One head of causal attention for R consecutive queries of one sequence (1 <= R <=

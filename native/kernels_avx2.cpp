@@ -1,5 +1,5 @@
-// The AVX2 + FMA kernels. Compiled with -mavx2 -mfma; called only after cpu.cpp has found the
-// instructions and the OS's support for the ymm state.
+// The AVX2 + FMA (+ F16C) kernels. Compiled with -mavx2 -mfma -mf16c; called only after cpu.cpp
+// has found the instructions and the OS's support for the ymm state.
 #include <immintrin.h>
 
 #define MICROGPT_SIMD_AVX2 1

@@ -8,35 +8,102 @@
 
 namespace microgpt {
 
-void pack_linear(float* packed, const float* W, int out_features, int in_features) {
+template <typename Wt, typename Convert>
+void pack_panels(Wt* packed, const float* W, int out_features, int in_features, Convert convert) {
   const int panels = panel_count(out_features);
   for (int p = 0; p < panels; p++) {
-    float* panel = packed + static_cast<size_t>(p) * in_features * kPanel;
+    Wt* panel = packed + static_cast<size_t>(p) * in_features * kPanel;
     for (int k = 0; k < in_features; k++) {
       for (int j = 0; j < kPanel; j++) {
         const int o = p * kPanel + j;
-        panel[static_cast<size_t>(k) * kPanel + j] = o < out_features ? W[static_cast<size_t>(o) * in_features + k] : 0.0f;
+        panel[static_cast<size_t>(k) * kPanel + j] = convert(o < out_features ? W[static_cast<size_t>(o) * in_features + k] : 0.0f);
       }
     }
   }
 }
 
+void pack_linear(float* packed, const float* W, int out_features, int in_features) {
+  pack_panels(packed, W, out_features, in_features, [](float v) { return v; });
+}
+
+void pack_linear_f16(uint16_t* packed, const float* W, int out_features, int in_features) {
+  pack_panels(packed, W, out_features, in_features, f32_to_f16);
+}
+
 namespace {
+uint32_t bits_of(float f) {
+  uint32_t b;
+  std::memcpy(&b, &f, sizeof b);
+  return b;
+}
+float float_of(uint32_t b) {
+  float f;
+  std::memcpy(&f, &b, sizeof f);
+  return f;
+}
+}  // namespace
+
+float f16_to_f32(uint16_t h) {
+  const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
+  const uint32_t exponent = (h >> 10) & 0x1fu;
+  const uint32_t mantissa = h & 0x3ffu;
+  if (exponent == 0) return float_of(sign | bits_of(static_cast<float>(mantissa) * 5.9604644775390625e-08f));  // m * 2^-24
+  if (exponent == 31) return float_of(sign | 0x7f800000u | (mantissa << 13));                                // inf, NaN
+  return float_of(sign | ((exponent + 112) << 23) | (mantissa << 13));                                        // rebias 15 -> 127
+}
+
+uint16_t f32_to_f16(float f) {
+  const uint32_t x = bits_of(f);
+  const uint16_t sign = static_cast<uint16_t>((x >> 16) & 0x8000u);
+  uint32_t a = x & 0x7fffffffu;
+  if (a >= 0x7f800000u) return static_cast<uint16_t>(sign | (a > 0x7f800000u ? 0x7e00u : 0x7c00u));  // NaN, inf
+  if (a >= 0x477ff000u) return static_cast<uint16_t>(sign | 0x7c00u);  // |f| >= 65520 rounds to inf
+  if (a < 0x38800000u) {
+    // Below 2^-14: a float16 subnormal, a multiple of 2^-24 (scaling by 2^24 is exact; nearbyint
+    // rounds half to even).
+    return static_cast<uint16_t>(sign | static_cast<uint16_t>(std::nearbyint(float_of(a) * 16777216.0f)));
+  }
+  // Normal: round the 23-bit mantissa to 10 bits, half to even (a carry moves into the exponent),
+  // then rebias the exponent from 127 to 15.
+  a += 0x0fffu + ((a >> 13) & 1u);
+  a -= (127u - 15u) << 23;
+  return static_cast<uint16_t>(sign | (a >> 13));
+}
+
+bool f16_exact(const float* x, size_t n) {
+  for (size_t i = 0; i < n; i++) {
+    const uint32_t a = bits_of(x[i]) & 0x7fffffffu;
+    if (a == 0) continue;
+    const int e = static_cast<int>(a >> 23) - 127;
+    const uint32_t mantissa = a & 0x7fffffu;
+    if (e > 15 || e < -24) return false;  // beyond float16's range (inf, NaN, float32 subnormals too)
+    // float16 keeps 10 mantissa bits, fewer below 2^-14 (its subnormals are multiples of 2^-24).
+    const int dropped = e >= -14 ? 13 : 13 + (-14 - e);
+    if ((mantissa & ((1u << dropped) - 1)) != 0) return false;
+  }
+  return true;
+}
+
+namespace {
+
+inline float widen(float w) { return w; }
+inline float widen(uint16_t w) { return f16_to_f32(w); }
 
 float gelu_ref_one(float x) {
   const double v = x;
   return static_cast<float>(0.5 * v * (1.0 + std::erf(v * 0.70710678118654752440)));
 }
 
-void matmul_ref(float* out, const float* x, const float* wp, const float* b, int T, int K, int N, int p0, int p1,
-                Epilogue epilogue) {
+template <typename Wt>
+void matmul_ref_t(float* out, const float* x, const Wt* wp, const float* b, int T, int K, int N, int p0, int p1,
+                  Epilogue epilogue) {
   for (int t = 0; t < T; t++) {
     const float* xt = x + static_cast<size_t>(t) * K;
     for (int p = p0; p < p1; p++) {
-      const float* panel = wp + static_cast<size_t>(p) * K * kPanel;
+      const Wt* panel = wp + static_cast<size_t>(p) * K * kPanel;
       float acc[kPanel] = {};
       for (int k = 0; k < K; k++) {
-        for (int j = 0; j < kPanel; j++) acc[j] += xt[k] * panel[static_cast<size_t>(k) * kPanel + j];
+        for (int j = 0; j < kPanel; j++) acc[j] += xt[k] * widen(panel[static_cast<size_t>(k) * kPanel + j]);
       }
       for (int j = 0; j < kPanel && p * kPanel + j < N; j++) {
         const int o = p * kPanel + j;
@@ -50,6 +117,16 @@ void matmul_ref(float* out, const float* x, const float* wp, const float* b, int
       }
     }
   }
+}
+
+void matmul_ref(float* out, const float* x, const float* wp, const float* b, int T, int K, int N, int p0, int p1,
+                Epilogue epilogue) {
+  matmul_ref_t(out, x, wp, b, T, K, N, p0, p1, epilogue);
+}
+
+void matmul_f16_ref(float* out, const float* x, const uint16_t* wp, const float* b, int T, int K, int N, int p0,
+                    int p1, Epilogue epilogue) {
+  matmul_ref_t(out, x, wp, b, T, K, N, p0, p1, epilogue);
 }
 
 void layernorm_ref(float* out, const float* x, const float* w, const float* b, int T, int C) {
@@ -120,8 +197,8 @@ float read_sum_ref(const float* x, size_t n) {
 }  // namespace
 
 const Kernels& kernels_ref() {
-  static const Kernels k = {Isa::scalar, matmul_ref,   layernorm_ref,      attention_ref, 1,
-                            gelu_ref,     fma_loop_ref, kRefFmaChains * 2, read_sum_ref};
+  static const Kernels k = {Isa::scalar,  matmul_ref,   matmul_f16_ref,    layernorm_ref, attention_ref, 1,
+                            gelu_ref,      fma_loop_ref, kRefFmaChains * 2, read_sum_ref};
   return k;
 }
 

@@ -14,10 +14,10 @@ void embedding(float* x, const int* ids, const float* wte, const float* wpe, int
 void layernorm(ThreadPool& pool, const Kernels& k, float* out, const float* x, const float* w, const float* b, int T,
                int C);
 
-// out (T, N) = epilogue(x (T, K) · W^T + b), W (N, K) packed; threads take whole panels of
-// output features.
-void matmul(ThreadPool& pool, const Kernels& k, float* out, const float* x, const float* wp, const float* b, int T,
-            int K, int N, Epilogue epilogue);
+// out (T, N) = epilogue(x (T, K) · W^T + b), W (N, K) packed in either precision; threads take
+// whole panels of output features.
+void matmul(ThreadPool& pool, const Kernels& k, float* out, const float* x, const PackedLinear& w, const float* b,
+            int T, int K, int N, Epilogue epilogue);
 
 // Causal self-attention of `rows` new tokens, possibly of several sequences. Row r is the token
 // at position pos[r] of the sequence whose layer cache is keys[r] (tiles, C, kKeyTile: see

@@ -5,16 +5,12 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstring>
 #include <stdexcept>
 #include <vector>
 
 namespace microgpt {
-
-FloatBuffer::FloatBuffer(size_t n) : size_(n) {
-  if (n == 0) return;
-  data_.reset(static_cast<float*>(::operator new[](n * sizeof(float), std::align_val_t(64))));
-}
 
 std::vector<size_t> tensor_sizes(const Config& c) {
   const size_t C = c.n_embd;
@@ -82,15 +78,21 @@ void layernorm(ThreadPool& pool, const Kernels& k, float* out, const float* x, c
   });
 }
 
-// out (T, N) = epilogue(x (T, K) · W^T + b), W (N, K) packed; threads take whole panels of
-// output features, so every output is computed the same way whatever the thread count.
-void matmul(ThreadPool& pool, const Kernels& k, float* out, const float* x, const float* wp, const float* b, int T,
-            int K, int N, Epilogue epilogue) {
+// out (T, N) = epilogue(x (T, K) · W^T + b), W (N, K) packed in either precision; threads take
+// whole panels of output features, so every output is computed the same way whatever the
+// thread count.
+void matmul(ThreadPool& pool, const Kernels& k, float* out, const float* x, const PackedLinear& w, const float* b,
+            int T, int K, int N, Epilogue epilogue) {
   const int panels = panel_count(N);
   const int n = threads_for(pool, static_cast<double>(T) * K * N, panels);
   pool.run(n, [&](int i) {
     const int p0 = panels * i / n, p1 = panels * (i + 1) / n;
-    if (p1 > p0) k.matmul(out, x, wp, b, T, K, N, p0, p1, epilogue);
+    if (p1 <= p0) return;
+    if (w.f16) {
+      k.matmul_f16(out, x, w.f16, b, T, K, N, p0, p1, epilogue);
+    } else {
+      k.matmul(out, x, w.f32, b, T, K, N, p0, p1, epilogue);
+    }
   });
 }
 
@@ -148,69 +150,120 @@ void attention(ThreadPool& pool, const Kernels& k, float* att, const float* qkv,
 
 // ---- the model --------------------------------------------------------------------------------
 
-Model::Model(const Config& config, const std::vector<const float*>& tensors, Isa isa, int threads)
+Model::Model(const Config& config, const std::vector<const float*>& tensors, Isa isa, int threads, Precision precision)
     : config_(config), kernels_(&kernels_for(isa)), pool_(threads) {
   const std::vector<size_t> sizes = tensor_sizes(config);
   if (tensors.size() != sizes.size()) throw std::invalid_argument("wrong number of tensors");
+  for (size_t i = 0; i < sizes.size(); i++) {
+    if (sizes[i] != 0 && tensors[i] == nullptr) throw std::invalid_argument("missing tensor");
+  }
   const int C = config.n_embd;
   const int V = config.vocab_size;
   const int B = config.block_size;
 
-  // One allocation: plain tensors at their size, Linear weights at their packed size, lm_head.
-  auto is_linear = [](size_t index) {
-    if (index < kGlobalTensors) return false;
-    const size_t li = (index - kGlobalTensors) % kLayerTensors;
-    return li == kAttnWeight || li == kAttnProjWeight || li == kMlpFcWeight || li == kMlpProjWeight;
-  };
+  // The matrices: wte (also the tied lm_head) and the Linear weights; their shapes (out, in).
   auto linear_shape = [&](size_t index, int* out_f, int* in_f) {
+    if (index < kGlobalTensors) return false;
     switch ((index - kGlobalTensors) % kLayerTensors) {
-      case kAttnWeight: *out_f = 3 * C; *in_f = C; break;
-      case kAttnProjWeight: *out_f = C; *in_f = C; break;
-      case kMlpFcWeight: *out_f = 4 * C; *in_f = C; break;
-      default: *out_f = C; *in_f = 4 * C; break;
+      case kAttnWeight: *out_f = 3 * C; *in_f = C; return true;
+      case kAttnProjWeight: *out_f = C; *in_f = C; return true;
+      case kMlpFcWeight: *out_f = 4 * C; *in_f = C; return true;
+      case kMlpProjWeight: *out_f = C; *in_f = 4 * C; return true;
+      default: return false;
     }
   };
-  auto rounded = [](size_t n) { return (n + 15) / 16 * 16; };  // keep every tensor 64-byte aligned
-  std::vector<size_t> offsets(sizes.size());
-  size_t total = 0;
-  for (size_t i = 0; i < sizes.size(); i++) {
-    offsets[i] = total;
-    if (is_linear(i)) {
-      int o, in;
-      linear_shape(i, &o, &in);
-      total += rounded(packed_size(o, in));
-    } else {
-      total += rounded(sizes[i]);
+  auto is_matrix = [&](size_t index) {
+    int o, in;
+    return index == kWte || linear_shape(index, &o, &in);
+  };
+  bool f16 = precision == Precision::f16;
+  if (precision == Precision::automatic) {
+    f16 = true;
+    for (size_t i = 0; i < sizes.size() && f16; i++) {
+      if (is_matrix(i)) f16 = f16_exact(tensors[i], sizes[i]);
+    }
+  } else if (f16) {
+    for (size_t i = 0; i < sizes.size(); i++) {
+      if (!is_matrix(i)) continue;
+      for (size_t j = 0; j < sizes[i]; j++) {
+        if (!(std::fabs(tensors[i][j]) < 65520.0f)) {
+          throw std::invalid_argument("a weight is beyond float16's range (|w| >= 65520, or not finite): keep this model in float32");
+        }
+      }
     }
   }
-  const size_t lm_head_offset = total;
-  total += rounded(packed_size(V, C));
+  w_.f16 = f16;
+
+  // Float32 tensors in one allocation (plain ones at their size, Linear weights packed unless in
+  // float16), float16 panels in another; every tensor 64-byte aligned.
+  auto rounded = [](size_t n) { return (n + 31) / 32 * 32; };
+  std::vector<size_t> offsets(sizes.size());
+  size_t total = 0, half_total = 0;
+  for (size_t i = 0; i < sizes.size(); i++) {
+    int o, in;
+    if (!linear_shape(i, &o, &in)) {
+      offsets[i] = total;
+      total += rounded(sizes[i]);
+    } else if (f16) {
+      offsets[i] = half_total;
+      half_total += rounded(packed_size(o, in));
+    } else {
+      offsets[i] = total;
+      total += rounded(packed_size(o, in));
+    }
+  }
+  const size_t lm_head_offset = f16 ? half_total : total;
+  (f16 ? half_total : total) += rounded(packed_size(V, C));
   w_.storage = FloatBuffer(total);
   float* base = w_.storage.data();
+  uint16_t* half = nullptr;
+  if (f16) {
+    w_.half_storage = HalfBuffer(half_total);
+    half = w_.half_storage.data();
+  }
   for (size_t i = 0; i < sizes.size(); i++) {
     if (sizes[i] == 0) continue;
-    if (tensors[i] == nullptr) throw std::invalid_argument("missing tensor");
-    if (is_linear(i)) {
-      int o, in;
-      linear_shape(i, &o, &in);
-      pack_linear(base + offsets[i], tensors[i], o, in);
+    int o, in;
+    if (linear_shape(i, &o, &in)) {
+      if (f16) {
+        pack_linear_f16(half + offsets[i], tensors[i], o, in);
+      } else {
+        pack_linear(base + offsets[i], tensors[i], o, in);
+      }
+    } else if (f16 && i == kWte) {
+      // The embedding rows hold the same float16 values as the lm_head panels.
+      for (size_t j = 0; j < sizes[i]; j++) base[offsets[i] + j] = f16_to_f32(f32_to_f16(tensors[i][j]));
     } else {
       std::memcpy(base + offsets[i], tensors[i], sizes[i] * sizeof(float));
     }
   }
-  pack_linear(base + lm_head_offset, tensors[kWte], V, C);
+  auto packed = [&](size_t offset) {
+    PackedLinear l;
+    if (f16) {
+      l.f16 = half + offset;
+    } else {
+      l.f32 = base + offset;
+    }
+    return l;
+  };
+  w_.lm_head = packed(lm_head_offset);
+  if (f16) {
+    pack_linear_f16(half + lm_head_offset, tensors[kWte], V, C);
+  } else {
+    pack_linear(base + lm_head_offset, tensors[kWte], V, C);
+  }
 
   auto at = [&](size_t i) -> const float* { return sizes[i] == 0 ? nullptr : base + offsets[i]; };
   w_.wte = at(kWte);
   w_.wpe = at(kWpe);
   w_.lnf_weight = at(kLnfWeight);
   w_.lnf_bias = at(kLnfBias);
-  w_.lm_head = base + lm_head_offset;
   for (int l = 0; l < config.n_layer; l++) {
     const size_t o = kGlobalTensors + static_cast<size_t>(l) * kLayerTensors;
-    w_.layers.push_back({at(o + kLn1Weight), at(o + kLn1Bias), at(o + kAttnWeight), at(o + kAttnBias),
-                         at(o + kAttnProjWeight), at(o + kAttnProjBias), at(o + kLn2Weight), at(o + kLn2Bias),
-                         at(o + kMlpFcWeight), at(o + kMlpFcBias), at(o + kMlpProjWeight), at(o + kMlpProjBias)});
+    w_.layers.push_back({at(o + kLn1Weight), at(o + kLn1Bias), packed(offsets[o + kAttnWeight]), at(o + kAttnBias),
+                         packed(offsets[o + kAttnProjWeight]), at(o + kAttnProjBias), at(o + kLn2Weight),
+                         at(o + kLn2Bias), packed(offsets[o + kMlpFcWeight]), at(o + kMlpFcBias),
+                         packed(offsets[o + kMlpProjWeight]), at(o + kMlpProjBias)});
   }
 
   // Scratch for R rows; FloatBuffer leaves it untouched, so rows never used cost no memory.

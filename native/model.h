@@ -28,23 +28,28 @@ struct Config {
   bool bias = false;
 };
 
-// 64-byte aligned float storage, uninitialised: every user writes before it reads (the KV cache
-// up to its length, scratch per pass), so no page is touched before it is needed.
-class FloatBuffer {
+// 64-byte aligned storage, uninitialised: every user writes before it reads (the KV cache up to
+// its length, scratch per pass), so no page is touched before it is needed.
+template <typename T>
+class AlignedBuffer {
  public:
-  FloatBuffer() = default;
-  explicit FloatBuffer(size_t n);
-  float* data() { return data_.get(); }
-  const float* data() const { return data_.get(); }
+  AlignedBuffer() = default;
+  explicit AlignedBuffer(size_t n) : size_(n) {
+    if (n > 0) data_.reset(static_cast<T*>(::operator new[](n * sizeof(T), std::align_val_t(64))));
+  }
+  T* data() { return data_.get(); }
+  const T* data() const { return data_.get(); }
   size_t size() const { return size_; }
 
  private:
   struct Free {
-    void operator()(float* p) const { ::operator delete[](p, std::align_val_t(64)); }
+    void operator()(T* p) const { ::operator delete[](p, std::align_val_t(64)); }
   };
-  std::unique_ptr<float[], Free> data_;
+  std::unique_ptr<T[], Free> data_;
   size_t size_ = 0;
 };
+using FloatBuffer = AlignedBuffer<float>;
+using HalfBuffer = AlignedBuffer<uint16_t>;  // IEEE float16 bits
 
 // The tensors in the order the binding receives them (nanoGPT's state_dict order; biases absent
 // when config.bias is false). Shapes are in TensorShapes().
@@ -56,25 +61,35 @@ enum LayerTensorIndex {
   kLn2Weight, kLn2Bias, kMlpFcWeight, kMlpFcBias, kMlpProjWeight, kMlpProjBias, kLayerTensors,
 };
 
+// How a Model keeps its matrices (wte, which is also the tied lm_head, and every Linear weight);
+// wpe, LayerNorms and biases stay float32, and all arithmetic is float32 either way.
+enum class Precision {
+  f32,    // as given
+  f16,    // rounded to float16: half the bytes a decode step streams; logits move slightly
+  automatic,  // f16 when that changes no weight (float16 checkpoints), else f32
+};
+
 struct LayerWeights {
-  const float* ln1_weight;      // (C)
-  const float* ln1_bias;        // (C) or null
-  const float* attn_weight;     // (3C, C) packed; output rows are q, then k, then v
-  const float* attn_bias;       // (3C) or null
-  const float* attn_proj_weight;  // (C, C) packed
-  const float* attn_proj_bias;  // (C) or null
-  const float* ln2_weight;      // (C)
-  const float* ln2_bias;        // (C) or null
-  const float* mlp_fc_weight;   // (4C, C) packed
-  const float* mlp_fc_bias;     // (4C) or null
-  const float* mlp_proj_weight; // (C, 4C) packed
-  const float* mlp_proj_bias;   // (C) or null
+  const float* ln1_weight;       // (C)
+  const float* ln1_bias;         // (C) or null
+  PackedLinear attn_weight;      // (3C, C); output rows are q, then k, then v
+  const float* attn_bias;        // (3C) or null
+  PackedLinear attn_proj_weight; // (C, C)
+  const float* attn_proj_bias;   // (C) or null
+  const float* ln2_weight;       // (C)
+  const float* ln2_bias;         // (C) or null
+  PackedLinear mlp_fc_weight;    // (4C, C)
+  const float* mlp_fc_bias;      // (4C) or null
+  PackedLinear mlp_proj_weight;  // (C, 4C)
+  const float* mlp_proj_bias;    // (C) or null
 };
 
 struct Weights {
-  FloatBuffer storage;            // every tensor below, in one allocation
+  FloatBuffer storage;            // every float32 tensor below, in one allocation
+  HalfBuffer half_storage;        // the packed matrices instead, when kept in float16
+  bool f16 = false;
   const float* wte;               // (vocab_size, C) row-major: the token embedding
-  const float* lm_head;           // (vocab_size, C) packed: the same matrix, tied, for the logits
+  PackedLinear lm_head;           // (vocab_size, C): the same matrix, tied, for the logits
   const float* wpe;               // (block_size, C)
   std::vector<LayerWeights> layers;  // (n_layer)
   const float* lnf_weight;        // (C)
@@ -133,11 +148,15 @@ std::string check_config(const Config& c);
 class Model {
  public:
   // `tensors`: pointers in tensor_sizes() order (null where absent), copied and packed here.
-  Model(const Config& config, const std::vector<const float*>& tensors, Isa isa, int threads);
+  // Throws std::invalid_argument when Precision::f16 is asked of weights beyond float16's range.
+  Model(const Config& config, const std::vector<const float*>& tensors, Isa isa, int threads,
+        Precision precision = Precision::f32);
 
   const Config& config() const { return config_; }
   const Kernels& kernels() const { return *kernels_; }
   int threads() const { return pool_.size(); }
+  // The precision the matrices are kept in (f32 or f16, never automatic).
+  Precision precision() const { return w_.f16 ? Precision::f16 : Precision::f32; }
 
   // A cache for positions 0..rows-1 (rows <= block_size).
   KVCache new_kv_cache(int rows) const;

@@ -7,6 +7,7 @@
 //   vzero()    vset1(s)   vload(p)   vstore(p, v)            unaligned loads and stores
 //   vload_part(p, m)     vstore_part(p, v, m)                the first m lanes (1 <= m <= kVL)
 //                        only: no access beyond p + m, the other lanes load as 0
+//   vload_f16(p)         kVL IEEE float16 (uint16_t) widened exactly to float
 //   vadd vsub vmul vdiv vmax vmin    vfma(a, b, c) = a * b + c, fused
 //   vfloor(v)  vabs(v)   vcopysign(magnitude, sign)
 //   vhsum(v)   vhmax(v)  vfirst(v)   horizontal sum, max, lane 0
@@ -36,6 +37,7 @@ inline vf vcopysign(vf mag, vf sign) {
 inline float vhsum(vf v) { return _mm512_reduce_add_ps(v); }
 inline float vhmax(vf v) { return _mm512_reduce_max_ps(v); }
 inline float vfirst(vf v) { return _mm512_cvtss_f32(v); }
+inline vf vload_f16(const uint16_t* p) { return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))); }
 inline vf vload_part(const float* p, int m) { return _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << m) - 1), p); }
 inline void vstore_part(float* p, vf v, int m) { _mm512_mask_storeu_ps(p, static_cast<__mmask16>((1u << m) - 1), v); }
 inline vf vpow2i(vf n) {
@@ -76,6 +78,7 @@ inline float vhmax(vf v) {
   return _mm_cvtss_f32(s);
 }
 inline float vfirst(vf v) { return _mm256_cvtss_f32(v); }
+inline vf vload_f16(const uint16_t* p) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }  // F16C
 inline __m256i vmask_first(int m) { return _mm256_cmpgt_epi32(_mm256_set1_epi32(m), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)); }
 inline vf vload_part(const float* p, int m) { return _mm256_maskload_ps(p, vmask_first(m)); }
 inline void vstore_part(float* p, vf v, int m) { _mm256_maskstore_ps(p, vmask_first(m), v); }
@@ -108,6 +111,7 @@ inline vf vcopysign(vf mag, vf sign) {
 inline float vhsum(vf v) { return vaddvq_f32(v); }
 inline float vhmax(vf v) { return vmaxvq_f32(v); }
 inline float vfirst(vf v) { return vgetq_lane_f32(v, 0); }
+inline vf vload_f16(const uint16_t* p) { return vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(p))); }
 inline vf vload_part(const float* p, int m) {
   float lanes[4] = {0.0f, 0.0f, 0.0f, 0.0f};
   for (int i = 0; i < m; i++) lanes[i] = p[i];

@@ -48,6 +48,8 @@ test('the table and the chart show every figure of every engine', () => {
           native: { decodeBatch1: f(1500), decodeBatch8: f(4200), prefillBatch1: f(7100), prefillBatch8: f(8600) },
           js: { decodeBatch1: f(50), decodeBatch8: f(51), prefillBatch1: f(49, '32-token window'), prefillBatch8: f(45) },
         },
+        bandwidth: { readGBs: f(60), decodeFraction: { native: 0.1 } },
+        nativeF16: { decodeBatch1: f(3000), weightBytes: 20e6 },
       },
     ],
     gemm: [{ label: '1024³', M: 1024, N: 1024, K: 1024, engines: { js: f(1.1) } }],
@@ -57,6 +59,8 @@ test('the table and the chart show every figure of every engine', () => {
   assert.match(table, /\| char-10M \| prefill, batch 1 \(tokens\/s\) \| 7,100 \| 49\.0\* \| 144\.9× \|/);
   assert.match(table, /\* char-10M, js: 32-token window/);
   assert.match(table, /Test CPU, 2 logical cores, 2 threads, Node v20, 2026-11-25/);
+  // float16: 3000 tokens/s is 2x the fp32 1500, and 20 MB x 3000/s = 60 GB/s, all of the 60 read.
+  assert.match(table, /- char-10M: 3,000 tokens\/s, 2\.00× the fp32 figure, 100\.0 % of the read bandwidth for its 20 MB/);
   const svg = benchChartSvg(report);
   assert.ok(svg.startsWith('<svg') && svg.trimEnd().endsWith('</svg>'));
   assert.equal((svg.match(/<rect x="210"/g) ?? []).length, 8);

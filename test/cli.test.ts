@@ -49,6 +49,16 @@ describe('microgpt generate', () => {
     assert.match(js.stderr, /tokens\/s, js backend/);
   });
 
+  test('--precision picks how the weights are kept; a wrong value is a one-line error', () => {
+    const args = ['generate', '--model', modelDir, '--prompt', 'ab', '--max-new-tokens', '5', '--temperature', '0', '--json'];
+    for (const precision of ['f32', 'f16'] as const) {
+      const r = run(...args, '--precision', precision);
+      assert.equal(r.status, 0, r.stderr);
+      assert.equal((JSON.parse(r.stdout) as { precision: string }).precision, precision);
+    }
+    fails(/precision must be 'auto', 'f32' or 'f16', got f8$/, 'generate', '--model', modelDir, '--precision', 'f8');
+  });
+
   test('--json gives text, tokens, backend and speed in one object', () => {
     const s = e.sampled[0]!;
     const r = run('generate', '--model', join(modelDir, 'ckpt.pt'), '--meta', join(modelDir, 'meta.pkl'), '--prompt', e.greedy.prompt,

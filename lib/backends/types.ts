@@ -10,9 +10,21 @@ import type { ModelWeights } from '../weights.js';
 export type BackendName = 'js' | 'native' | 'cuda';
 export type BackendChoice = 'auto' | BackendName;
 
+/**
+ * How an engine keeps the model's matrices (wte, the tied lm_head, every Linear weight); the
+ * position embedding, LayerNorms and biases stay float32, and all arithmetic is float32.
+ * 'f16' rounds them to IEEE float16: half the bytes a decode step reads, logits that move by
+ * about 1e-3. 'auto' is 'f16' where that changes no weight (a float16 checkpoint, like the
+ * bundled model: the same logits, bit for bit) and 'f32' otherwise.
+ */
+export type Precision = 'f32' | 'f16';
+export type PrecisionChoice = 'auto' | Precision;
+
 export interface RuntimeOptions {
   /** Worker threads for engines that use them; the js backend ignores it. */
   readonly threads?: number;
+  /** Default 'auto'. */
+  readonly precision?: PrecisionChoice;
 }
 
 /** Creates runtimes: one per loaded model. */
@@ -32,6 +44,8 @@ export interface ModelRuntime {
    * thread already gives the event loop its turn at every await.
    */
   readonly computesOnMainThread: boolean;
+  /** The precision the matrices are kept in ('auto' resolved). */
+  readonly precision: Precision;
   /**
    * Logits of every position of `ids` (positions 0..T-1, T <= blockSize), row-major
    * [T, vocabSize], in a new array the caller owns.

@@ -30,6 +30,18 @@ export function formatBenchReport(report: BenchReport): string {
     return [`${s.shape}: reading its ${(s.weightBytes / 1e6).toFixed(0)} MB of fp32 weights runs at ${s.bandwidth.readGBs.median.toFixed(1)} GB/s; batch-1 decode (weight bytes × tokens/s) reaches ${fractions.join(', ')} of that`];
   });
   if (bandwidthLines.length > 0) lines.push('', ...bandwidthLines.map((l) => `- ${l}`));
+  const f16Lines = report.shapes.flatMap((s) => {
+    if (s.nativeF16 === undefined) return [];
+    const { decodeBatch1, weightBytes } = s.nativeF16;
+    const fp32 = s.engines.native?.decodeBatch1.median;
+    const vsFp32 = fp32 === undefined ? '' : `, ${(decodeBatch1.median / fp32).toFixed(2)}× the fp32 figure`;
+    const fraction = s.bandwidth === undefined ? '' : `, ${((100 * weightBytes * decodeBatch1.median) / 1e9 / s.bandwidth.readGBs.median).toFixed(1)} % of the read bandwidth for its ${(weightBytes / 1e6).toFixed(0)} MB`;
+    return [`${s.shape}: ${cell(decodeBatch1)} tokens/s${vsFp32}${fraction}`];
+  });
+  if (f16Lines.length > 0) {
+    lines.push('', "native decode, batch 1, with the matrices in float16 (precision 'f16'; not exact against fp32 PyTorch):");
+    lines.push(...f16Lines.map((l) => `- ${l}`));
+  }
   const withPeak = report.gemm.some((g) => g.peakFraction !== undefined);
   lines.push('');
   lines.push(`| GEMM (GFLOP/s) | ${engines.join(' | ')} |${withPeak ? ' native / FMA peak |' : ''}`);

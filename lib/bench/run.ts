@@ -52,6 +52,12 @@ export interface ShapeReport {
   readonly engines: Partial<Record<BackendName, EngineFigures>>;
   /** GB/s reading a buffer of weightBytes (native probe), and batch-1 decode as a fraction of it. */
   readonly bandwidth?: { readonly readGBs: Figure; readonly decodeFraction: Partial<Record<BackendName, number>> };
+  /**
+   * The native engine with its matrices in float16 (precision 'f16', the random weights rounded):
+   * batch-1 decode, and the bytes a decode step then reads. Not exact against PyTorch's float32,
+   * so apart from the fp32 figures above.
+   */
+  readonly nativeF16?: { readonly decodeBatch1: Figure; readonly weightBytes: number };
 }
 
 export interface GemmReport {
@@ -73,6 +79,9 @@ export interface BenchReport {
   readonly shapes: ShapeReport[];
   readonly gemm: GemmReport[];
 }
+
+/** Every generation of the benchmark samples so: the whole sampling loop runs. */
+const SAMPLING = { temperature: 1, topK: 200, seed: 1 } as const;
 
 /** The js engine is ~100x slower: fewer runs and shorter work keep a bench run in minutes. */
 const JS_RUNS = 3;
@@ -104,11 +113,21 @@ export async function runBench(options: BenchOptions = {}): Promise<BenchReport>
     log(`${shape}: building random weights (${(parameterCount(config) / 1e6).toFixed(1)}M parameters)`);
     const weights = randomWeights(config);
     const vocab = syntheticVocab(config.vocabSize);
-    const report: ShapeReport = { shape, config, parameters: parameterCount(config), weightBytes: parameterCount(config) * 4, engines: {} };
+    let report: ShapeReport = { shape, config, parameters: parameterCount(config), weightBytes: parameterCount(config) * 4, engines: {} };
     for (const engine of engines) {
-      const model = await createModel(config, weights, vocab, { backend: engine, threads, name: shape });
+      const model = await createModel(config, weights, vocab, { backend: engine, threads, name: shape, precision: 'f32' });
       try {
         report.engines[engine] = await measureEngine(model, engine === 'js' ? Math.min(runs, JS_RUNS) : runs, engine, log);
+      } finally {
+        model.dispose();
+      }
+    }
+    if (engines.includes('native')) {
+      const model = await createModel(config, weights, vocab, { backend: 'native', threads, name: shape, precision: 'f16' });
+      try {
+        const decodeBatch1 = await measureDecode(model, runs, 'native');
+        log(`native ${shape} (f16 weights): decode batch 1 ${decodeBatch1.median.toFixed(1)} tokens/s`);
+        report = { ...report, nativeF16: { decodeBatch1, weightBytes: float16WeightBytes(config) } };
       } finally {
         model.dispose();
       }
@@ -142,19 +161,14 @@ async function measureEngine(model: Model, runs: number, engine: BackendName, lo
   const vocab = model.tokenizer.vocab;
   const rng = new Rng(7);
   const text = (n: number) => Array.from({ length: n }, () => vocab[Math.floor(rng.uniform() * vocab.length)] as string).join('');
-  const sampling = { temperature: 1, topK: 200, seed: 1 };
+  const sampling = SAMPLING;
   const label = `${engine} ${model.source.path}`;
 
-  // Decode: a one-token prompt, then tokens one at a time (all inside blockSize: no re-prefill).
-  // The js engine is given less work on large shapes, where each of its tokens takes seconds.
   const large = parameterCount(model.config) > 50e6;
-  const decodeTokens = Math.min(engine !== 'js' ? 128 : large ? 4 : 24, blockSize - 1);
+  const decodeTokens = decodeLength(model, engine);
   const batchRuns = engine === 'js' ? 1 : runs;
   const prompt = text(1);
-  const decodeBatch1 = await timed(runs, 'tokens/s', async () => {
-    await model.generate(prompt, { ...sampling, maxNewTokens: decodeTokens });
-    return decodeTokens;
-  });
+  const decodeBatch1 = await measureDecode(model, runs, engine);
   log(`${label}: decode batch 1 ${decodeBatch1.median.toFixed(1)} tokens/s`);
   const decodeBatch8 = await timed(batchRuns, 'tokens/s', async () => {
     await model.generateMany(prompt, { ...sampling, maxNewTokens: decodeTokens, numSamples: 8 });
@@ -189,6 +203,30 @@ async function measureEngine(model: Model, runs: number, engine: BackendName, lo
   );
   log(`${label}: prefill batch 8 ${prefillBatch8.median.toFixed(1)} tokens/s`);
   return { decodeBatch1, decodeBatch8, prefillBatch1, prefillBatch8 };
+}
+
+/**
+ * Decode: a one-token prompt, then tokens one at a time (all inside blockSize: no re-prefill).
+ * The js engine is given less work on large shapes, where each of its tokens takes seconds.
+ */
+function decodeLength(model: Model, engine: BackendName): number {
+  const large = parameterCount(model.config) > 50e6;
+  return Math.min(engine !== 'js' ? 128 : large ? 4 : 24, model.config.blockSize - 1);
+}
+
+async function measureDecode(model: Model, runs: number, engine: BackendName): Promise<Figure> {
+  const decodeTokens = decodeLength(model, engine);
+  const prompt = model.tokenizer.vocab[0] as string;
+  return timed(runs, 'tokens/s', async () => {
+    await model.generate(prompt, { ...SAMPLING, maxNewTokens: decodeTokens });
+    return decodeTokens;
+  });
+}
+
+/** Bytes of a model whose matrices (wte, Linear weights) are float16 and the rest float32. */
+function float16WeightBytes(c: ModelConfig): number {
+  const matrices = c.vocabSize * c.nEmbd + c.nLayer * 12 * c.nEmbd * c.nEmbd;
+  return matrices * 2 + (parameterCount(c) - matrices) * 4;
 }
 
 /** GEMM shapes: the cube, and the prefill matmuls of char-10M (T = 256 tokens, C = 384). */

@@ -1,7 +1,7 @@
 import type { ModelConfig } from '../../config.js';
-import { MicroGPTError } from '../../errors.js';
-import type { ModelWeights } from '../../weights.js';
-import type { Backend, InferenceSession, ModelRuntime } from '../types.js';
+import { MicroGPTError, beyondFloat16 } from '../../errors.js';
+import { matricesBeyondFloat16, roundMatricesToFloat16, type ModelWeights } from '../../weights.js';
+import type { Backend, InferenceSession, ModelRuntime, Precision, RuntimeOptions } from '../types.js';
 import { createKVCache, forwardTokens, type KVCache } from './forward.js';
 
 /**
@@ -11,8 +11,12 @@ import { createKVCache, forwardTokens, type KVCache } from './forward.js';
  */
 export const jsBackend: Backend = {
   name: 'js',
-  async load(config: ModelConfig, weights: ModelWeights): Promise<ModelRuntime> {
-    return new JsRuntime(config, weights);
+  async load(config: ModelConfig, weights: ModelWeights, options: RuntimeOptions = {}): Promise<ModelRuntime> {
+    // This engine keeps float32 arrays: 'f16' computes with the weights rounded, exactly as the
+    // native engine does; 'auto' keeps them as they are (rounding would change nothing anyway).
+    if (options.precision !== 'f16') return new JsRuntime(config, weights, 'f32');
+    if (matricesBeyondFloat16(weights)) throw beyondFloat16();
+    return new JsRuntime(config, roundMatricesToFloat16(weights), 'f16');
   },
 };
 
@@ -24,6 +28,7 @@ class JsRuntime implements ModelRuntime {
   constructor(
     readonly config: ModelConfig,
     weights: ModelWeights,
+    readonly precision: Precision,
   ) {
     this.weights = weights;
   }
@@ -84,3 +89,4 @@ class JsSession implements InferenceSession {
     return this.cache;
   }
 }
+

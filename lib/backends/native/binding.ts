@@ -21,12 +21,16 @@ export interface AddonModelOptions {
   readonly threads: number;
   /** Forces an instruction set; by default the fastest this CPU runs. */
   readonly isa?: AddonIsa;
+  /** How the matrices are kept (see PrecisionChoice); default 'f32'. */
+  readonly precision?: 'f32' | 'f16' | 'auto';
 }
 
 /** A model's weights in the engine; `load` must resolve before anything else is called. */
 export interface AddonModel {
   readonly isa: AddonIsa;
   readonly threads: number;
+  /** 'f32' or 'f16' once loaded ('auto' resolved). */
+  readonly precision: 'f32' | 'f16' | 'auto';
   /**
    * Copies (and packs) the weights off the main thread. `tensors` in nanoGPT's state_dict order:
    * wte, wpe, ln_f.weight, ln_f.bias, then per layer ln_1.weight, ln_1.bias, attn.c_attn.weight,
@@ -75,7 +79,21 @@ export interface AddonSession {
 /** Each kernel of one instruction set on caller-owned arrays, synchronously; for tests only. */
 export interface AddonTesting {
   /** out (T, N) = epilogue(x (T, K) · W^T + b), W (N, K) unpacked; epilogue 0 store, 1 gelu, 2 add to out. */
-  matmul(isa: AddonIsa, out: Float32Array, x: Float32Array, W: Float32Array, b: Float32Array | null, T: number, K: number, N: number, epilogue: 0 | 1 | 2): void;
+  matmul(
+    isa: AddonIsa,
+    out: Float32Array,
+    x: Float32Array,
+    W: Float32Array,
+    b: Float32Array | null,
+    T: number,
+    K: number,
+    N: number,
+    epilogue: 0 | 1 | 2,
+    /** Pack W in float16 (rounded) and run the float16 kernel. */
+    f16?: boolean,
+  ): void;
+  /** Each element rounded to the nearest float16, in place (the engine's conversion). */
+  f16Round(x: Float32Array): void;
   /** out (T, C) = LayerNorm(x) * w + b. */
   layernorm(isa: AddonIsa, out: Float32Array, x: Float32Array, w: Float32Array, b: Float32Array | null, T: number, C: number): void;
   /**

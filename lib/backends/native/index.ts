@@ -5,9 +5,9 @@
  */
 import { availableParallelism } from 'node:os';
 import type { ModelConfig } from '../../config.js';
-import { MicroGPTError } from '../../errors.js';
-import type { ModelWeights } from '../../weights.js';
-import type { Backend, InferenceSession, ModelRuntime, RuntimeOptions } from '../types.js';
+import { MicroGPTError, beyondFloat16 } from '../../errors.js';
+import { matricesBeyondFloat16, type ModelWeights } from '../../weights.js';
+import type { Backend, InferenceSession, ModelRuntime, Precision, RuntimeOptions } from '../types.js';
 import { forcedIsa, loadAddon, type AddonBatchStats, type AddonIsa, type AddonModel, type AddonSession } from './binding.js';
 
 export interface NativeRuntimeOptions extends RuntimeOptions {
@@ -31,7 +31,9 @@ export const nativeBackend: Backend & {
     }
     const isa = options.isa ?? forcedIsa();
     const threads = options.threads ?? availableParallelism();
-    const model = new addon.Model(config, isa === undefined ? { threads } : { threads, isa });
+    const precision = options.precision ?? 'auto';
+    if (precision === 'f16' && matricesBeyondFloat16(weights)) throw beyondFloat16();
+    const model = new addon.Model(config, isa === undefined ? { threads, precision } : { threads, isa, precision });
     await model.load(binderOrder(weights));
     return new NativeRuntime(config, model);
   },
@@ -93,6 +95,10 @@ export class NativeRuntime implements ModelRuntime {
   /** Compute threads, the calling thread included. */
   get threads(): number {
     return this.live().threads;
+  }
+
+  get precision(): Precision {
+    return this.live().precision as Precision;
   }
 
   async forward(ids: Int32Array): Promise<Float32Array> {
