@@ -10,7 +10,20 @@
 #include <stdexcept>
 #include <vector>
 
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
+
 namespace microgpt {
+
+void advise_huge_pages(void* p, size_t bytes) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  madvise(p, bytes, MADV_HUGEPAGE);  // advice only: without transparent huge pages nothing changes
+#else
+  (void)p;
+  (void)bytes;
+#endif
+}
 
 std::vector<size_t> tensor_sizes(const Config& c) {
   const size_t C = c.n_embd;

@@ -28,24 +28,37 @@ struct Config {
   bool bias = false;
 };
 
+// Asks the OS to back [p, p + bytes) with huge pages where it can (Linux: madvise; elsewhere a
+// no-op). p is 2 MB aligned.
+void advise_huge_pages(void* p, size_t bytes);
+
 // 64-byte aligned storage, uninitialised: every user writes before it reads (the KV cache up to
-// its length, scratch per pass), so no page is touched before it is needed.
+// its length, scratch per pass), so no page is touched before it is needed. Buffers of 4 MB or
+// more (the weights, a large model's KV caches) are 2 MB aligned and asked for huge pages: a
+// decode step streams every weight once, and with 4 KB pages it also walks a page table entry
+// per 4 KB (measured on the 2-vCPU VM: batch-8 decode of char-10M 1.62 -> 1.48 ms per pass).
 template <typename T>
 class AlignedBuffer {
  public:
   AlignedBuffer() = default;
-  explicit AlignedBuffer(size_t n) : size_(n) {
-    if (n > 0) data_.reset(static_cast<T*>(::operator new[](n * sizeof(T), std::align_val_t(64))));
+  explicit AlignedBuffer(size_t n) : data_(nullptr, Free{alignment(n * sizeof(T))}), size_(n) {
+    if (n == 0) return;
+    const size_t bytes = n * sizeof(T);
+    data_.reset(static_cast<T*>(::operator new[](bytes, std::align_val_t(alignment(bytes)))));
+    if (alignment(bytes) == kHugePage) advise_huge_pages(data_.get(), bytes);
   }
   T* data() { return data_.get(); }
   const T* data() const { return data_.get(); }
   size_t size() const { return size_; }
 
  private:
+  static constexpr size_t kHugePage = size_t{2} << 20;
+  static size_t alignment(size_t bytes) { return bytes >= 2 * kHugePage ? kHugePage : 64; }
   struct Free {
-    void operator()(T* p) const { ::operator delete[](p, std::align_val_t(64)); }
+    size_t align = 64;
+    void operator()(T* p) const { ::operator delete[](p, std::align_val_t(align)); }
   };
-  std::unique_ptr<T[], Free> data_;
+  std::unique_ptr<T[], Free> data_{nullptr, Free{}};
   size_t size_ = 0;
 };
 using FloatBuffer = AlignedBuffer<float>;
