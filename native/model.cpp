@@ -4,6 +4,7 @@
 #include "layers.h"
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <cstring>
@@ -67,6 +68,26 @@ int threads_for(const ThreadPool& pool, double work, int max_split) {
   return std::max(1, std::min({pool.size(), by_work, max_split}));
 }
 
+// fn(begin, end, thread) over [0, items) in chunks of `chunk`, each handed to whichever of the
+// `threads` threads asks next, not in fixed shares: where vCPUs are time-shared, a thread that is
+// descheduled mid-pass holds up only the chunk it is on while the others take the rest. Who
+// computes a chunk never changes its result.
+template <typename Fn>
+void parallel_chunks(ThreadPool& pool, int threads, int items, int chunk, const Fn& fn) {
+  if (threads <= 1) {
+    fn(0, items, 0);
+    return;
+  }
+  std::atomic<int> next{0};
+  pool.run(threads, [&](int i) {
+    for (;;) {
+      const int begin = next.fetch_add(chunk, std::memory_order_relaxed);
+      if (begin >= items) return;
+      fn(begin, std::min(items, begin + chunk), i);
+    }
+  });
+}
+
 }  // namespace
 
 // ---- the layers -------------------------------------------------------------------------------
@@ -98,9 +119,8 @@ void matmul(ThreadPool& pool, const Kernels& k, float* out, const float* x, cons
             int T, int K, int N, Epilogue epilogue) {
   const int panels = panel_count(N);
   const int n = threads_for(pool, static_cast<double>(T) * K * N, panels);
-  pool.run(n, [&](int i) {
-    const int p0 = panels * i / n, p1 = panels * (i + 1) / n;
-    if (p1 <= p0) return;
+  // About four chunks per thread: fine enough to rebalance, coarse enough for the kernels' tiles.
+  parallel_chunks(pool, n, panels, std::max(1, panels / (4 * n)), [&](int p0, int p1, int) {
     if (w.f16) {
       k.matmul_f16(out, x, w.f16, b, T, K, N, p0, p1, epilogue);
     } else {
@@ -147,10 +167,11 @@ void attention(ThreadPool& pool, const Kernels& k, float* att, const float* qkv,
   const int hs = C / n_head;
   const int tasks = n_blocks * n_head;
   const int n = threads_for(pool, work, tasks);
-  pool.run(n, [&](int i) {
+  // One (block, head) at a time, in order: the causal triangle's long blocks come last, and the
+  // threads share them as they come.
+  parallel_chunks(pool, n, tasks, 1, [&](int begin, int end, int i) {
     float* s = scores + static_cast<size_t>(i) * kAttentionRows * block_size;
-    // Interleaved, so the long blocks of the causal triangle are spread over the threads.
-    for (int task = i; task < tasks; task += n) {
+    for (int task = begin; task < end; task++) {
       const int b = task / n_head, h = task % n_head;
       const int t0 = blocks[b], R = blocks[b + 1] - t0;
       const size_t off = static_cast<size_t>(h) * hs;
