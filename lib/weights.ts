@@ -59,6 +59,27 @@ export function roundMatricesToFloat16(w: ModelWeights): ModelWeights {
   };
 }
 
+/**
+ * Whether every matrix value is a float16 value (rounding to float16 would change nothing): what
+ * precision 'auto' keeps in float16. The same test as the native engine's f16_exact.
+ */
+export function matricesFloat16Exact(w: ModelWeights): boolean {
+  const exact = (a: Float32Array): boolean => {
+    const bits = new Uint32Array(a.buffer, a.byteOffset, a.length);
+    for (let i = 0; i < bits.length; i++) {
+      const x = (bits[i] as number) & 0x7fffffff;
+      if (x === 0) continue;
+      const e = (x >>> 23) - 127;
+      if (e > 15 || e < -24) return false; // beyond float16's range: inf, NaN and float32 subnormals too
+      // float16 keeps 10 mantissa bits, fewer below 2^-14 (its subnormals are multiples of 2^-24).
+      const dropped = e >= -14 ? 13 : 13 + (-14 - e);
+      if ((x & ((1 << dropped) - 1)) !== 0) return false;
+    }
+    return true;
+  };
+  return exact(w.wte) && w.layers.every((l) => [l.attnWeight, l.attnProjWeight, l.mlpFcWeight, l.mlpProjWeight].every(exact));
+}
+
 /** Whether some matrix holds a value float16 cannot hold (|w| >= 65520, or not finite). */
 export function matricesBeyondFloat16(w: ModelWeights): boolean {
   const beyond = (a: Float32Array) => a.some((v) => !(Math.abs(v) < 65520));

@@ -248,11 +248,11 @@ Model::Model(const Config& config, const std::vector<const float*>& tensors, Isa
   }
   const size_t lm_head_offset = f16 ? half_total : total;
   (f16 ? half_total : total) += rounded(packed_size(V, C));
-  w_.storage = FloatBuffer(total);
+  w_.storage = FloatBuffer(total, /*huge=*/true);
   float* base = w_.storage.data();
   uint16_t* half = nullptr;
   if (f16) {
-    w_.half_storage = HalfBuffer(half_total);
+    w_.half_storage = HalfBuffer(half_total, /*huge=*/true);
     half = w_.half_storage.data();
   }
   for (size_t i = 0; i < sizes.size(); i++) {
@@ -391,7 +391,9 @@ BatchStats Model::stats() {
 void Model::pass(ForwardRequest* const* batch, int n, int rows) {
   const Kernels& k = *kernels_;
   const int C = config_.n_embd, B = config_.block_size, V = config_.vocab_size;
-  ThreadPool::Busy busy(pool_);  // the workers spin between the pass's ~50 splits, not sleep
+  // The workers spin between the pass's ~50 splits instead of sleeping, if its largest matmul
+  // splits at all (otherwise nothing does, and no one needs waking).
+  ThreadPool::Busy busy(pool_, threads_for(pool_, 4.0 * rows * C * C, panel_count(4 * C)) > 1);
   float* x = s_.x.data();
   float* xn = s_.xn.data();
   float* qkv = s_.qkv.data();

@@ -33,19 +33,22 @@ struct Config {
 void advise_huge_pages(void* p, size_t bytes);
 
 // 64-byte aligned storage, uninitialised: every user writes before it reads (the KV cache up to
-// its length, scratch per pass), so no page is touched before it is needed. Buffers of 4 MB or
-// more (the weights, a large model's KV caches) are 2 MB aligned and asked for huge pages: a
+// its length, scratch per pass), so no page is touched before it is needed.
+// With `huge` (the weights), a buffer of 4 MB or more is 2 MB aligned and asked for huge pages: a
 // decode step streams every weight once, and with 4 KB pages it also walks a page table entry
 // per 4 KB (measured on the 2-vCPU VM: batch-8 decode of char-10M 1.62 -> 1.48 ms per pass).
+// Not for KV caches: a short sequence touches the start of each layer's cache only, and a huge
+// page would commit 2 MB for each such touch.
 template <typename T>
 class AlignedBuffer {
  public:
   AlignedBuffer() = default;
-  explicit AlignedBuffer(size_t n) : data_(nullptr, Free{alignment(n * sizeof(T))}), size_(n) {
+  explicit AlignedBuffer(size_t n, bool huge = false)
+      : data_(nullptr, Free{alignment(n * sizeof(T), huge)}), size_(n) {
     if (n == 0) return;
     const size_t bytes = n * sizeof(T);
-    data_.reset(static_cast<T*>(::operator new[](bytes, std::align_val_t(alignment(bytes)))));
-    if (alignment(bytes) == kHugePage) advise_huge_pages(data_.get(), bytes);
+    data_.reset(static_cast<T*>(::operator new[](bytes, std::align_val_t(alignment(bytes, huge)))));
+    if (alignment(bytes, huge) == kHugePage) advise_huge_pages(data_.get(), bytes);
   }
   T* data() { return data_.get(); }
   const T* data() const { return data_.get(); }
@@ -53,7 +56,7 @@ class AlignedBuffer {
 
  private:
   static constexpr size_t kHugePage = size_t{2} << 20;
-  static size_t alignment(size_t bytes) { return bytes >= 2 * kHugePage ? kHugePage : 64; }
+  static size_t alignment(size_t bytes, bool huge) { return huge && bytes >= 2 * kHugePage ? kHugePage : 64; }
   struct Free {
     size_t align = 64;
     void operator()(T* p) const { ::operator delete[](p, std::align_val_t(align)); }

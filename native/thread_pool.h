@@ -36,15 +36,21 @@ class ThreadPool {
   // While one is alive, waiting threads spin (up to kBusySpin at a time) instead of going to
   // sleep between run()s, and sleeping workers are woken at once, so they are up by the first
   // run(). One per forward pass. Not reentrant, like run().
+  // With active false it does nothing (a pass too small to split wakes no one).
   class Busy {
    public:
-    explicit Busy(ThreadPool& pool) : pool_(pool) { pool_.set_busy(true); }
-    ~Busy() { pool_.set_busy(false); }
+    explicit Busy(ThreadPool& pool, bool active = true) : pool_(pool), active_(active) {
+      if (active_) pool_.set_busy(true);
+    }
+    ~Busy() {
+      if (active_) pool_.set_busy(false);
+    }
     Busy(const Busy&) = delete;
     Busy& operator=(const Busy&) = delete;
 
    private:
     ThreadPool& pool_;
+    const bool active_;
   };
 
   // Calls fn(i) for i in [0, n), n <= size(), each on its own thread (i = 0 on the caller), and

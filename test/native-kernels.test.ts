@@ -94,7 +94,8 @@ function attentionInputs(c: AttentionCase): { q: Float32Array; keysT: Float32Arr
   const n = c.first + c.R;
   const seed = c.R * 1000 + c.first * 7 + c.hs;
   const keysT = randomArray(c.hs * n, seed + 1, 2); // element d of key j at d * n + j
-  // Exactly as long as the kernel may read, so a read past the last key would land outside.
+  // Exactly as long as the kernel may read (the addon checks no less is given; reads past it are
+  // the sanitizer's and valgrind's to find, not this test's).
   const keys = new Float32Array(Math.floor((n - 1) / KEY_TILE) * c.tileStride + (c.hs - 1) * KEY_TILE + ((n - 1) % KEY_TILE) + 1);
   for (let j = 0; j < n; j++) {
     for (let d = 0; d < c.hs; d++) keys[Math.floor(j / KEY_TILE) * c.tileStride + d * KEY_TILE + (j % KEY_TILE)] = keysT[d * n + j] as number;
@@ -243,6 +244,20 @@ for (const isa of SIMD_ISAS) {
           addon.testing.attention(isa, alone, qr, keys, values, 1, c.first + r, c.hs, c.qStride, c.tileStride, c.vStride);
           assert.deepEqual(alone, block.subarray(r * c.hs, (r + 1) * c.hs), `${JSON.stringify(c)}: row ${r}`);
         }
+      }
+    });
+
+    test("attention: a key a row does not see cannot reach it, not even an inf value", () => {
+      const c: AttentionCase = { R: 6, first: 20, hs: 64, qStride: 64, tileStride: 1024, vStride: 64 };
+      const { q, keys, values } = attentionInputs(c);
+      values.fill(Infinity, (c.first + c.R - 1) * c.vStride, (c.first + c.R - 1) * c.vStride + c.hs); // the last row's own key
+      const block = new Float32Array(c.R * c.hs);
+      addon.testing.attention(isa, block, q, keys, values, c.R, c.first, c.hs, c.qStride, c.tileStride, c.vStride);
+      for (let r = 0; r < c.R - 1; r++) {
+        const alone = new Float32Array(c.hs);
+        addon.testing.attention(isa, alone, q.subarray(r * c.qStride), keys, values, 1, c.first + r, c.hs, c.qStride, c.tileStride, c.vStride);
+        assert.ok(alone.every(Number.isFinite), `row ${r} alone`);
+        assert.deepEqual(block.subarray(r * c.hs, (r + 1) * c.hs), alone, `row ${r}`);
       }
     });
 

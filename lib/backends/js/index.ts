@@ -1,6 +1,6 @@
 import type { ModelConfig } from '../../config.js';
 import { MicroGPTError, beyondFloat16 } from '../../errors.js';
-import { matricesBeyondFloat16, roundMatricesToFloat16, type ModelWeights } from '../../weights.js';
+import { matricesBeyondFloat16, matricesFloat16Exact, roundMatricesToFloat16, type ModelWeights } from '../../weights.js';
 import type { Backend, InferenceSession, ModelRuntime, Precision, RuntimeOptions } from '../types.js';
 import { createKVCache, forwardTokens, type KVCache } from './forward.js';
 
@@ -13,8 +13,11 @@ export const jsBackend: Backend = {
   name: 'js',
   async load(config: ModelConfig, weights: ModelWeights, options: RuntimeOptions = {}): Promise<ModelRuntime> {
     // This engine keeps float32 arrays: 'f16' computes with the weights rounded, exactly as the
-    // native engine does; 'auto' keeps them as they are (rounding would change nothing anyway).
-    if (options.precision !== 'f16') return new JsRuntime(config, weights, 'f32');
+    // native engine does. 'auto' keeps them as they are, and says 'f16' where they are float16
+    // values already (as the native engine would keep them), so Model.precision does not depend
+    // on the engine.
+    if (options.precision === 'f32') return new JsRuntime(config, weights, 'f32');
+    if ((options.precision ?? 'auto') === 'auto') return new JsRuntime(config, weights, matricesFloat16Exact(weights) ? 'f16' : 'f32');
     if (matricesBeyondFloat16(weights)) throw beyondFloat16();
     return new JsRuntime(config, roundMatricesToFloat16(weights), 'f16');
   },
