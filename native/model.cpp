@@ -59,7 +59,9 @@ namespace {
 // matmuls split, its LayerNorms do not. With more threads than free cores the barrier grows and
 // small steps stay on fewer threads.
 double min_work_per_thread(const ThreadPool& pool) {
-  const double work = pool.barrier_seconds() * 1e6 * 100e3;
+  // The barrier of the whole pool grows with its size (0.7 us for 2 threads, 5 us for 16 on a
+  // 16-core VM); a split into n costs about n of its per-thread shares.
+  const double work = pool.barrier_seconds() / pool.size() * 1e6 * 100e3;
   return std::min(4e6, std::max(64e3, work));
 }
 
@@ -391,9 +393,9 @@ BatchStats Model::stats() {
 void Model::pass(ForwardRequest* const* batch, int n, int rows) {
   const Kernels& k = *kernels_;
   const int C = config_.n_embd, B = config_.block_size, V = config_.vocab_size;
-  // The workers spin between the pass's ~50 splits instead of sleeping, if its largest matmul
-  // splits at all (otherwise nothing does, and no one needs waking).
-  ThreadPool::Busy busy(pool_, threads_for(pool_, 4.0 * rows * C * C, panel_count(4 * C)) > 1);
+  // The workers the pass's widest split (its largest matmul) uses spin between the pass's ~50
+  // splits instead of sleeping; the rest of the pool sleeps through it.
+  ThreadPool::Busy busy(pool_, threads_for(pool_, 4.0 * rows * C * C, panel_count(4 * C)));
   float* x = s_.x.data();
   float* xn = s_.xn.data();
   float* qkv = s_.qkv.data();

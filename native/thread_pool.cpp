@@ -34,14 +34,14 @@ constexpr uint64_t kThreadsMask = 0xffff;
 }  // namespace
 
 template <typename Done>
-bool ThreadPool::spin_until(const Done& done) const {
+bool ThreadPool::spin_until(const Done& done, bool busy) const {
   const auto started = std::chrono::steady_clock::now();
   for (int i = 0;; i++) {
     if (done()) return true;
     MICROGPT_CPU_RELAX();
     if ((i & 63) == 63) {
       const auto spun = std::chrono::steady_clock::now() - started;
-      if (spun > (busy_.load(std::memory_order_relaxed) ? kBusySpin : kIdleSpin)) return done();
+      if (spun > (busy ? kBusySpin : kIdleSpin)) return done();
       // Waiting this long, the thread we wait for may be waiting for this very core (more
       // threads than cores): let it run. Not sooner: a yield hands the core to any ready thread
       // (in Node: V8's helpers) for a whole time slice, which made every pass twice as slow.
@@ -50,12 +50,13 @@ bool ThreadPool::spin_until(const Done& done) const {
   }
 }
 
-ThreadPool::ThreadPool(int n_threads) : n_threads_(std::max(1, std::min(n_threads, static_cast<int>(kThreadsMask)))) {
+ThreadPool::ThreadPool(int n_threads)
+    : n_threads_(std::max(1, std::min(n_threads, static_cast<int>(kThreadsMask)))), sleepers_(new Sleeper[n_threads_]) {
   workers_.reserve(n_threads_ - 1);
   for (int i = 1; i < n_threads_; i++) workers_.emplace_back([this, i] { worker(i); });
   if (n_threads_ > 1) {
     // The median of a few short batches, so one lucky or unlucky moment does not decide.
-    Busy busy(*this);
+    Busy busy(*this, n_threads_);
     auto nothing = [](int) {};
     for (int i = 0; i < 64; i++) run(n_threads_, nothing);  // the workers are up
     double batches[7];
@@ -74,18 +75,29 @@ ThreadPool::~ThreadPool() {
     std::lock_guard<std::mutex> lock(mutex_);
     stop_.store(true);
   }
-  work_ready_.notify_all();
+  for (int i = 1; i < n_threads_; i++) sleepers_[i].ready.notify_one();
   for (auto& t : workers_) t.join();
 }
 
-void ThreadPool::set_busy(bool busy) {
-  busy_.store(busy, std::memory_order_relaxed);
-  if (busy && sleeping_workers_.load() > 0) {
+void ThreadPool::wake(int n) {
+  bool any = false;
+  for (int i = 1; i < n && !any; i++) any = sleepers_[i].sleeping.load();  // seq_cst: after the change
+  if (!any) return;
+  { std::lock_guard<std::mutex> lock(mutex_); }  // a worker between its check and its wait finishes waiting first
+  for (int i = 1; i < n; i++) {
+    if (sleepers_[i].sleeping.load()) sleepers_[i].ready.notify_one();
+  }
+}
+
+void ThreadPool::set_busy(int width) {
+  width = std::min(width, n_threads_);
+  busy_width_.store(width, std::memory_order_relaxed);
+  if (width > 1) {
     {
       std::lock_guard<std::mutex> lock(mutex_);
-      wake_epoch_++;
+      for (int i = 1; i < width; i++) sleepers_[i].wake_epoch++;
     }
-    work_ready_.notify_all();
+    wake(width);
   }
 }
 
@@ -96,13 +108,10 @@ void ThreadPool::run_erased(int n, Task task, void* ctx) {
   pending_.store(n - 1, std::memory_order_relaxed);
   const uint64_t number = (run_.load(std::memory_order_relaxed) >> 16) + 1;
   run_.store((number << 16) | static_cast<uint64_t>(n));  // seq_cst: before the look at sleepers
-  if (sleeping_workers_.load() > 0) {
-    { std::lock_guard<std::mutex> lock(mutex_); }  // a worker between its check and its wait finishes waiting first
-    work_ready_.notify_all();
-  }
+  wake(n);
   task(ctx, 0);
   auto done = [this] { return pending_.load(std::memory_order_acquire) == 0; };
-  if (!spin_until(done)) {
+  if (!spin_until(done, busy_width_.load(std::memory_order_relaxed) > 0)) {
     std::unique_lock<std::mutex> lock(mutex_);
     caller_sleeping_.store(true);
     work_done_.wait(lock, [this] { return pending_.load() == 0; });  // seq_cst: after the flag
@@ -111,21 +120,24 @@ void ThreadPool::run_erased(int n, Task task, void* ctx) {
 }
 
 void ThreadPool::worker(int index) {
+  Sleeper& me = sleepers_[index];
   uint64_t seen = 0;
   uint64_t epoch = 0;
+  // A run this worker takes part in and has not done yet.
+  const auto wanted = [&](uint64_t run) { return run != seen && index < static_cast<int>(run & kThreadsMask); };
   for (;;) {
-    const auto started = [&] { return run_.load(std::memory_order_acquire) != seen; };
-    if (!spin_until([&] { return started() || stop_.load(std::memory_order_relaxed); })) {
+    const bool busy = index < busy_width_.load(std::memory_order_relaxed);
+    if (!spin_until([&] { return wanted(run_.load(std::memory_order_acquire)) || stop_.load(std::memory_order_relaxed); }, busy)) {
       std::unique_lock<std::mutex> lock(mutex_);
-      sleeping_workers_.fetch_add(1);  // seq_cst: before the last look at run_
-      work_ready_.wait(lock, [&] { return stop_.load() || run_.load() != seen || wake_epoch_ != epoch; });
-      sleeping_workers_.fetch_sub(1);
-      epoch = wake_epoch_;
+      me.sleeping.store(true);  // seq_cst: before the last look at run_
+      me.ready.wait(lock, [&] { return stop_.load() || wanted(run_.load()) || me.wake_epoch != epoch; });
+      me.sleeping.store(false);
+      epoch = me.wake_epoch;
     }
     if (stop_.load()) return;
-    if (!started()) continue;  // woken because the pool became busy: spin for the first run
-    seen = run_.load(std::memory_order_acquire);
-    if (index >= static_cast<int>(seen & kThreadsMask)) continue;  // not taking part
+    const uint64_t run = run_.load(std::memory_order_acquire);
+    if (!wanted(run)) continue;  // woken because the pool became busy: spin for the first run
+    seen = run;
     task_(ctx_, index);
     if (pending_.fetch_sub(1) == 1 && caller_sleeping_.load()) {  // seq_cst: after the count
       { std::lock_guard<std::mutex> lock(mutex_); }

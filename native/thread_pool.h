@@ -13,6 +13,7 @@
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
+#include <memory>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -33,17 +34,17 @@ class ThreadPool {
   // their cores; more where vCPUs are time-shared).
   double barrier_seconds() const { return barrier_seconds_; }
 
-  // While one is alive, waiting threads spin (up to kBusySpin at a time) instead of going to
-  // sleep between run()s, and sleeping workers are woken at once, so they are up by the first
-  // run(). One per forward pass. Not reentrant, like run().
-  // With active false it does nothing (a pass too small to split wakes no one).
+  // While one is alive, the first `width` threads (those the pass will use: its widest split)
+  // spin between run()s (up to kBusySpin at a time) instead of going to sleep, and those of them
+  // asleep are woken at once, so they are up by the first run(). The others stay asleep unless a
+  // run() needs them. One per forward pass. Not reentrant, like run(). Width 1 does nothing.
   class Busy {
    public:
-    explicit Busy(ThreadPool& pool, bool active = true) : pool_(pool), active_(active) {
-      if (active_) pool_.set_busy(true);
+    Busy(ThreadPool& pool, int width) : pool_(pool), active_(width > 1) {
+      if (active_) pool_.set_busy(width);
     }
     ~Busy() {
-      if (active_) pool_.set_busy(false);
+      if (active_) pool_.set_busy(0);
     }
     Busy(const Busy&) = delete;
     Busy& operator=(const Busy&) = delete;
@@ -68,9 +69,11 @@ class ThreadPool {
   using Task = void (*)(void* ctx, int i);
   void run_erased(int n, Task task, void* ctx);
   void worker(int index);
-  void set_busy(bool busy);
+  void set_busy(int width);
+  // Wakes the sleeping workers among [1, n) (the mutex is taken once, only if one sleeps).
+  void wake(int n);
   template <typename Done>
-  bool spin_until(const Done& done) const;
+  bool spin_until(const Done& done, bool busy) const;
 
   const int n_threads_;
   std::vector<std::thread> workers_;
@@ -83,17 +86,22 @@ class ThreadPool {
   Task task_ = nullptr;
   void* ctx_ = nullptr;
 
-  std::atomic<bool> busy_{false};
+  std::atomic<int> busy_width_{0};  // threads of the current Busy scope; 0 outside one
   std::atomic<bool> stop_{false};
   // Sleeping. The sleeper announces itself (sequentially consistent) before its last look at
   // the condition, the waker after changing it, so either the sleeper sees the change or the
-  // waker sees the sleeper and notifies under the mutex.
+  // waker sees the sleeper and notifies under the mutex. Each worker sleeps on its own condition
+  // variable, so a run wakes only the workers it needs: with many threads, waking all of them
+  // for every small split cost more than the split saved.
+  struct Sleeper {
+    std::condition_variable ready;
+    std::atomic<bool> sleeping{false};
+    uint64_t wake_epoch = 0;  // bumped under mutex_ by set_busy: the worker gets up
+  };
   std::mutex mutex_;
-  std::condition_variable work_ready_;  // workers sleep here
-  std::condition_variable work_done_;   // the caller sleeps here
-  std::atomic<int> sleeping_workers_{0};
+  std::unique_ptr<Sleeper[]> sleepers_;  // by worker index (0, the caller, unused)
+  std::condition_variable work_done_;    // the caller sleeps here
   std::atomic<bool> caller_sleeping_{false};
-  uint64_t wake_epoch_ = 0;  // bumped under mutex_ by set_busy(true): sleeping workers get up
 
   double barrier_seconds_ = 0;
 };
