@@ -1,6 +1,6 @@
 import type { ModelConfig } from './config.js';
 import { badCheckpoint } from './errors.js';
-import { decodeToFloat32, encodeFloat16 } from './formats/dtype.js';
+import { roundToFloat16 } from './formats/dtype.js';
 
 /** A dense row-major float32 tensor. */
 export interface Tensor {
@@ -36,25 +36,25 @@ export interface ModelWeights {
   readonly lnfBias: Float32Array | null; // (C)
 }
 
+/** The matrices: wte (which is also the tied lm_head) and every Linear weight. */
+function matrices(w: ModelWeights): Float32Array[] {
+  return [w.wte, ...w.layers.flatMap((l) => [l.attnWeight, l.attnProjWeight, l.mlpFcWeight, l.mlpProjWeight])];
+}
+
 /**
- * The weights with every matrix (wte, which is also the tied lm_head, and the Linear weights)
- * rounded to the nearest IEEE float16, as an engine keeping them in float16 computes with; the
- * other tensors are shared, not copied.
+ * The weights with every matrix rounded to the nearest IEEE float16, as an engine keeping them in
+ * float16 computes with; the other tensors are shared, not copied.
  */
 export function roundMatricesToFloat16(w: ModelWeights): ModelWeights {
-  const round = (a: Float32Array): Float32Array => {
-    const bits = encodeFloat16(a);
-    return decodeToFloat32(new Uint8Array(bits.buffer, bits.byteOffset, bits.byteLength), 0, a.length, 'F16');
-  };
   return {
     ...w,
-    wte: round(w.wte),
+    wte: roundToFloat16(w.wte),
     layers: w.layers.map((l) => ({
       ...l,
-      attnWeight: round(l.attnWeight),
-      attnProjWeight: round(l.attnProjWeight),
-      mlpFcWeight: round(l.mlpFcWeight),
-      mlpProjWeight: round(l.mlpProjWeight),
+      attnWeight: roundToFloat16(l.attnWeight),
+      attnProjWeight: roundToFloat16(l.attnProjWeight),
+      mlpFcWeight: roundToFloat16(l.mlpFcWeight),
+      mlpProjWeight: roundToFloat16(l.mlpProjWeight),
     })),
   };
 }
@@ -64,7 +64,7 @@ export function roundMatricesToFloat16(w: ModelWeights): ModelWeights {
  * precision 'auto' keeps in float16. The same test as the native engine's f16_exact.
  */
 export function matricesFloat16Exact(w: ModelWeights): boolean {
-  const exact = (a: Float32Array): boolean => {
+  return matrices(w).every((a) => {
     const bits = new Uint32Array(a.buffer, a.byteOffset, a.length);
     for (let i = 0; i < bits.length; i++) {
       const x = (bits[i] as number) & 0x7fffffff;
@@ -76,14 +76,12 @@ export function matricesFloat16Exact(w: ModelWeights): boolean {
       if ((x & ((1 << dropped) - 1)) !== 0) return false;
     }
     return true;
-  };
-  return exact(w.wte) && w.layers.every((l) => [l.attnWeight, l.attnProjWeight, l.mlpFcWeight, l.mlpProjWeight].every(exact));
+  });
 }
 
 /** Whether some matrix holds a value float16 cannot hold (|w| >= 65520, or not finite). */
 export function matricesBeyondFloat16(w: ModelWeights): boolean {
-  const beyond = (a: Float32Array) => a.some((v) => !(Math.abs(v) < 65520));
-  return beyond(w.wte) || w.layers.some((l) => [l.attnWeight, l.attnProjWeight, l.mlpFcWeight, l.mlpProjWeight].some(beyond));
+  return matrices(w).some((a) => a.some((v) => !(Math.abs(v) < 65520)));
 }
 
 /**

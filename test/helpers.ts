@@ -65,6 +65,20 @@ export function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
   return worst;
 }
 
+/** n seeded uniform values in [-scale, scale) (mulberry32). */
+export function randomArray(n: number, seed: number, scale = 1): Float32Array {
+  let s = seed >>> 0;
+  const a = new Float32Array(n);
+  for (let i = 0; i < n; i++) {
+    s = (s + 0x6d2b79f5) >>> 0;
+    let t = s;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    a[i] = ((((t ^ (t >>> 14)) >>> 0) / 4294967296) * 2 - 1) * scale;
+  }
+  return a;
+}
+
 /**
  * Seeded random weights with every parameter non-trivial (LayerNorm weights near 1, small
  * biases), for tests that compare engines with each other rather than with PyTorch.

@@ -6,30 +6,13 @@ import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import { erf, layerNorm, linear } from '../lib/backends/js/math.js';
 import { loadAddon, type Addon, type AddonIsa } from '../lib/backends/native/binding.js';
+import { randomArray } from './helpers.js';
 
 const load = loadAddon();
 test('the native addon loads and passes its self-check', () => {
   assert.equal(load.reason, null, `native engine unavailable: ${load.reason}`);
 });
 const addon = load.addon as Addon;
-
-function rng(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
-function randomArray(n: number, seed: number, scale = 1): Float32Array {
-  const r = rng(seed);
-  const a = new Float32Array(n);
-  for (let i = 0; i < n; i++) a[i] = (r() * 2 - 1) * scale;
-  return a;
-}
 
 /** Largest |a - b| / (1 + |b|). */
 function relDiff(a: Float32Array, b: ArrayLike<number>): number {

@@ -8,10 +8,10 @@ import { jsBackend } from '../lib/backends/js/index.js';
 import { loadAddon, type Addon, type AddonIsa } from '../lib/backends/native/binding.js';
 import { nativeBackend } from '../lib/backends/native/index.js';
 import type { ModelConfig } from '../lib/config.js';
-import { decodeToFloat32, encodeFloat16 } from '../lib/formats/dtype.js';
+import { roundToFloat16 } from '../lib/formats/dtype.js';
 import { loadModel, MicroGPTError, readModelFile } from '../lib/index.js';
 import { roundMatricesToFloat16 } from '../lib/weights.js';
-import { expected, expectedLogits, fixture, maxAbsDiff, randomTestWeights } from './helpers.js';
+import { expected, expectedLogits, fixture, maxAbsDiff, randomArray, randomTestWeights } from './helpers.js';
 
 const load = loadAddon();
 test('the native addon loads', () => {
@@ -19,22 +19,6 @@ test('the native addon loads', () => {
 });
 const addon = load.addon as Addon;
 const supported: AddonIsa[] = addon?.cpu().supported ?? [];
-
-/** float32 -> float16 -> float32 by the TypeScript codec (the safetensors writer's). */
-function tsRound(values: Float32Array): Float32Array {
-  const bits = encodeFloat16(values);
-  return decodeToFloat32(new Uint8Array(bits.buffer), 0, values.length, 'F16');
-}
-
-function randomArray(n: number, seed: number, scale = 1): Float32Array {
-  let s = seed >>> 0;
-  const a = new Float32Array(n);
-  for (let i = 0; i < n; i++) {
-    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
-    a[i] = (s / 2 ** 32 - 0.5) * 2 * scale;
-  }
-  return a;
-}
 
 test("the engine's float16 conversion rounds as the TypeScript codec does, specials included", () => {
   const specials = Float32Array.from([
@@ -48,7 +32,7 @@ test("the engine's float16 conversion rounds as the TypeScript codec does, speci
   values.set(randomArray(10000, 2, 1e-5), specials.length + 10000); // float16 subnormals
   const engine = values.slice();
   addon.testing.f16Round(engine);
-  assert.deepEqual(engine, tsRound(values));
+  assert.deepEqual(engine, roundToFloat16(values));
   const nan = Float32Array.of(NaN);
   addon.testing.f16Round(nan);
   assert.ok(Number.isNaN(nan[0]));
@@ -85,7 +69,7 @@ for (const isa of ['scalar', ...supported.filter((i) => i !== 'scalar')] as Addo
     test('with float16-exact weights it gives the same bits as the float32 matmul', () => {
       for (const [T, K, N] of shapes) {
         const x = randomArray(T * K, T * 3 + K);
-        const W = tsRound(randomArray(N * K, N * 5 + K, 0.3));
+        const W = roundToFloat16(randomArray(N * K, N * 5 + K, 0.3));
         const b = randomArray(N, N + 1);
         const f32 = new Float32Array(T * N);
         const f16 = new Float32Array(T * N);

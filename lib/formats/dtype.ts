@@ -101,6 +101,12 @@ export function encodeFloat16(values: Float32Array): Uint16Array {
   return out;
 }
 
+/** float32 values rounded to the nearest IEEE float16 and widened back (a new array). */
+export function roundToFloat16(values: Float32Array): Float32Array {
+  const bits = encodeFloat16(values);
+  return decodeToFloat32(new Uint8Array(bits.buffer, bits.byteOffset, bits.byteLength), 0, values.length, 'F16');
+}
+
 /** Rounds float32 values to bfloat16 (round to nearest even) and returns the raw bits. */
 export function encodeBFloat16(values: Float32Array): Uint16Array {
   const out = new Uint16Array(values.length);
