@@ -5,6 +5,8 @@
 #include "kernels.h"
 #include "thread_pool.h"
 
+#include <vector>
+
 namespace microgpt {
 
 // x (T, C) = wte[ids[t]] + wpe[start + t]: token plus position embedding, the residual stream.
@@ -19,13 +21,28 @@ void layernorm(ThreadPool& pool, const Kernels& k, float* out, const float* x, c
 void matmul(ThreadPool& pool, const Kernels& k, float* out, const float* x, const PackedLinear& w, const float* b,
             int T, int K, int N, Epilogue epilogue);
 
-// Causal self-attention of `rows` new tokens, possibly of several sequences. Row r is the token
-// at position pos[r] of the sequence whose layer cache is keys[r] (tiles, C, kKeyTile: see
-// kernels.h) and values[r] (positions, C): its k and v (from qkv) are written there first, then it
-// attends over positions 0..pos[r]. qkv (rows, 3C), att (rows, C): the heads' outputs side by
-// side. scores (pool.size(), kAttentionRows * block_size): scratch. Work is split by (block of
-// consecutive rows of one sequence, head).
-void attention(ThreadPool& pool, const Kernels& k, float* att, const float* qkv, float* const* keys,
-               float* const* values, const int* pos, float* scores, int rows, int C, int n_head, int block_size);
+// The new rows of one sequence in a pass: rows [row, row + T) of qkv/att, at positions
+// start..start+T-1, whose cache for the current layer is keys (tiles, C, kKeyTile: see kernels.h)
+// and values (positions, C).
+struct AttentionRun {
+  int row, T, start;
+  float* keys;
+  float* values;
+};
+
+// A run's rows in blocks of at most R (the kernel's query block): block b is rows
+// [row[b], row[b + 1]) of run run[b]; the same for every layer of a pass.
+struct AttentionBlocks {
+  std::vector<int> run, row;  // row has one more entry: the end
+  double work = 0;            // multiply-adds of all rows' attention, for the thread split
+};
+AttentionBlocks attention_blocks(const AttentionRun* runs, int n_runs, int R, int C);
+
+// Causal self-attention of the runs' new tokens: each row's k and v (from qkv) are written to its
+// run's cache first, then it attends over positions 0..its own. qkv (rows, 3C), att (rows, C):
+// the heads' outputs side by side. scores (pool.size(), kAttentionRows * block_size): scratch.
+// Work is split by (block, head).
+void attention(ThreadPool& pool, const Kernels& k, float* att, const float* qkv, const AttentionRun* runs, int n_runs,
+               const AttentionBlocks& blocks, float* scores, int C, int n_head, int block_size);
 
 }  // namespace microgpt

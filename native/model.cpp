@@ -131,54 +131,59 @@ void matmul(ThreadPool& pool, const Kernels& k, float* out, const float* x, cons
   });
 }
 
-// Causal self-attention of `rows` new tokens, possibly of several sequences. Row r is the token
-// at position pos[r] of the sequence whose layer cache is keys[r] (tiles, C, kKeyTile: see
-// kernels.h) and values[r] (positions, C): its k and v (from qkv) are written there first,
-// then it attends over positions 0..pos[r]. qkv (rows, 3C): q, k, v of the new tokens; att
-// (rows, C): the heads' outputs side by side. scores (threads, kAttentionRows * block_size):
-// scratch. Consecutive rows of one sequence go to the kernel in blocks of up to
-// k.attention_rows queries; work is split by (block, head), never within a softmax, and a row's
-// result does not depend on its block.
-void attention(ThreadPool& pool, const Kernels& k, float* att, const float* qkv, float* const* keys,
-               float* const* values, const int* pos, float* scores, int rows, int C, int n_head, int block_size) {
+AttentionBlocks attention_blocks(const AttentionRun* runs, int n_runs, int R, int C) {
+  AttentionBlocks b;
+  for (int i = 0; i < n_runs; i++) {
+    const AttentionRun& r = runs[i];
+    for (int t = 0; t < r.T; t += R) {
+      b.run.push_back(i);
+      b.row.push_back(r.row + t);
+    }
+    for (int t = 0; t < r.T; t++) b.work += 2.0 * (r.start + t + 1) * C;
+  }
+  b.row.push_back(n_runs == 0 ? 0 : runs[n_runs - 1].row + runs[n_runs - 1].T);
+  return b;
+}
+
+// Consecutive rows of one sequence go to the kernel in blocks of up to k.attention_rows queries;
+// a row's result does not depend on its block.
+void attention(ThreadPool& pool, const Kernels& k, float* att, const float* qkv, const AttentionRun* runs, int n_runs,
+               const AttentionBlocks& blocks, float* scores, int C, int n_head, int block_size) {
   const size_t tile_stride = static_cast<size_t>(C) * kKeyTile;
-  double work = 0;
-  std::vector<int> blocks;  // first row of each block, then `rows`
-  for (int t0 = 0, t1; t0 < rows; t0 = t1) {
-    // A run: rows of one sequence at consecutive positions.
-    for (t1 = t0 + 1; t1 < rows && keys[t1] == keys[t0] && pos[t1] == pos[t1 - 1] + 1;) t1++;
+  for (int i = 0; i < n_runs; i++) {
+    const AttentionRun& r = runs[i];
     // Keys transposed, up to kKeyTile positions (one tile) at a time, a channel at a time: each
     // line is written whole, and the tile's rows of qkv stay in L1 across the channels.
-    for (int a = t0; a < t1;) {
-      const int b = std::min(t1, a + kKeyTile - pos[a] % kKeyTile);  // to the end of a's tile
-      float* dst = keys[t0] + (pos[a] / kKeyTile) * tile_stride + pos[a] % kKeyTile;
+    for (int a = 0; a < r.T;) {
+      const int p = r.start + a;
+      const int b = std::min(r.T, a + kKeyTile - p % kKeyTile);  // to the end of p's tile
+      float* dst = r.keys + (p / kKeyTile) * tile_stride + p % kKeyTile;
       for (int c = 0; c < C; c++, dst += kKeyTile) {
-        const float* src = qkv + static_cast<size_t>(a) * 3 * C + C + c;
+        const float* src = qkv + static_cast<size_t>(r.row + a) * 3 * C + C + c;
         for (int t = 0; t < b - a; t++) dst[t] = src[static_cast<size_t>(t) * 3 * C];
       }
       a = b;
     }
-    for (int t = t0; t < t1; t++) {
-      std::memcpy(values[t] + static_cast<size_t>(pos[t]) * C, qkv + static_cast<size_t>(t) * 3 * C + 2 * C, C * sizeof(float));
-      work += 2.0 * (pos[t] + 1) * C;
+    for (int t = 0; t < r.T; t++) {
+      std::memcpy(r.values + static_cast<size_t>(r.start + t) * C, qkv + static_cast<size_t>(r.row + t) * 3 * C + 2 * C,
+                  C * sizeof(float));
     }
-    for (int t = t0; t < t1; t += k.attention_rows) blocks.push_back(t);
   }
-  const int n_blocks = static_cast<int>(blocks.size());
-  blocks.push_back(rows);
   const int hs = C / n_head;
-  const int tasks = n_blocks * n_head;
-  const int n = threads_for(pool, work, tasks);
+  const int tasks = static_cast<int>(blocks.run.size()) * n_head;
+  const int n = threads_for(pool, blocks.work, tasks);
   // One (block, head) at a time, in order: the causal triangle's long blocks come last, and the
   // threads share them as they come.
   parallel_chunks(pool, n, tasks, 1, [&](int begin, int end, int i) {
     float* s = scores + static_cast<size_t>(i) * kAttentionRows * block_size;
     for (int task = begin; task < end; task++) {
       const int b = task / n_head, h = task % n_head;
-      const int t0 = blocks[b], R = blocks[b + 1] - t0;
+      const AttentionRun& r = runs[blocks.run[b]];
+      const int t0 = blocks.row[b], R = blocks.row[b + 1] - t0;
       const size_t off = static_cast<size_t>(h) * hs;
       k.attention(att + static_cast<size_t>(t0) * C + off, C, qkv + static_cast<size_t>(t0) * 3 * C + off, 3 * C, R,
-                  pos[t0], keys[t0] + off * kKeyTile, static_cast<int>(tile_stride), values[t0] + off, C, hs, s);
+                  r.start + (t0 - r.row), r.keys + off * kKeyTile, static_cast<int>(tile_stride), r.values + off, C,
+                  hs, s);
     }
   });
 }
@@ -388,8 +393,8 @@ BatchStats Model::stats() {
 // Rows of all requests stacked: each layer's matmuls stream the weights once for all of them.
 // Bit-identical to running each request alone: LayerNorm and the matmuls compute every row on its
 // own (each output one FMA chain over k in order, whatever the tile: the GEMM micro-kernel for
-// several rows, the GEMV for one), attention takes one (row, head) at a time over that row's own
-// cache, and threads split by rows, panels or heads only.
+// several rows, the GEMV for one), attention computes each row over its own sequence's cache
+// whatever block it is in, and threads split by rows, panels or (block, head) only.
 void Model::pass(ForwardRequest* const* batch, int n, int rows) {
   const Kernels& k = *kernels_;
   const int C = config_.n_embd, B = config_.block_size, V = config_.vocab_size;
@@ -402,30 +407,26 @@ void Model::pass(ForwardRequest* const* batch, int n, int rows) {
   float* att = s_.att.data();
   float* hidden = s_.hidden.data();
 
-  // Per row: its position, and (per layer) its sequence's cache.
-  std::vector<int> pos(rows);
-  std::vector<float*> keys(rows), values(rows);
-  int row = 0;
-  for (int i = 0; i < n; i++) {
+  // Each request is one run of rows of attention; its cache pointers are set per layer.
+  std::vector<AttentionRun> runs(n);
+  for (int i = 0, row = 0; i < n; i++) {
     const ForwardRequest& r = *batch[i];
     embedding(x + static_cast<size_t>(row) * C, r.ids, w_.wte, w_.wpe, r.start, r.T, C);
-    for (int t = 0; t < r.T; t++) pos[row + t] = r.start + t;
+    runs[i] = AttentionRun{row, r.T, r.start, nullptr, nullptr};
     row += r.T;
   }
+  const AttentionBlocks blocks = attention_blocks(runs.data(), n, k.attention_rows, C);
   for (int l = 0; l < config_.n_layer; l++) {
     const LayerWeights& lw = w_.layers[l];
-    row = 0;
     for (int i = 0; i < n; i++) {
       KVCache& cache = *batch[i]->cache;
-      for (int t = 0; t < batch[i]->T; t++, row++) {
-        keys[row] = cache.keys.data() + static_cast<size_t>(l) * cache.tiles * C * kKeyTile;
-        values[row] = cache.values.data() + static_cast<size_t>(l) * cache.rows * C;
-      }
+      runs[i].keys = cache.keys.data() + static_cast<size_t>(l) * cache.tiles * C * kKeyTile;
+      runs[i].values = cache.values.data() + static_cast<size_t>(l) * cache.rows * C;
     }
 
     layernorm(pool_, k, xn, x, lw.ln1_weight, lw.ln1_bias, rows, C);
     matmul(pool_, k, qkv, xn, lw.attn_weight, lw.attn_bias, rows, C, 3 * C, Epilogue::store);
-    attention(pool_, k, att, qkv, keys.data(), values.data(), pos.data(), s_.scores.data(), rows, C, config_.n_head, B);
+    attention(pool_, k, att, qkv, runs.data(), n, blocks, s_.scores.data(), C, config_.n_head, B);
     matmul(pool_, k, x, att, lw.attn_proj_weight, lw.attn_proj_bias, rows, C, C, Epilogue::residual);
 
     layernorm(pool_, k, xn, x, lw.ln2_weight, lw.ln2_bias, rows, C);
@@ -443,10 +444,9 @@ void Model::pass(ForwardRequest* const* batch, int n, int rows) {
     return;
   }
   // Several sequences (none wants every position): the last row of each, stacked.
-  row = 0;
   for (int i = 0; i < n; i++) {
-    row += batch[i]->T;
-    std::memcpy(att + static_cast<size_t>(i) * C, x + static_cast<size_t>(row - 1) * C, C * sizeof(float));
+    const size_t last = static_cast<size_t>(runs[i].row + runs[i].T - 1);
+    std::memcpy(att + static_cast<size_t>(i) * C, x + last * C, C * sizeof(float));
   }
   layernorm(pool_, k, xn, att, w_.lnf_weight, w_.lnf_bias, n, C);
   float* logits = s_.logits.data();
