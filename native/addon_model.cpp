@@ -12,7 +12,8 @@
 // dispose() drops the model's reference at once and the memory goes when the last pending pass
 // ends. Sessions hold the NativeModel's shared_ptr<Handle>, not the Model, so a disposed model is
 // freed even while its sessions live (they then fail with "disposed"). The KV cache of a session
-// is shared the same way with its workers.
+// is shared the same way with its workers; when the last of them drops it, it goes back to the
+// model's pool of caches, or is freed if the model is gone (model.h, KVCachePool).
 #include <cmath>
 #include <cstring>
 #include <functional>
@@ -37,7 +38,7 @@ struct Handle {
 };
 
 struct SessionState {
-  std::unique_ptr<KVCache> cache;  // allocated by the first prefill, on the worker thread
+  PooledKVCache cache;  // taken from the model by the first prefill, on the worker thread
 };
 
 Napi::Error disposed_error(Napi::Env env, const char* what) {
@@ -142,7 +143,7 @@ struct PassEntry {
   std::shared_ptr<SessionState> session;  // null for Model.forward: a scratch cache instead
   std::vector<int> ids;
   ForwardRequest request;
-  KVCache scratch_cache;
+  PooledKVCache scratch_cache;  // Model.forward's, back to the pool when the entry goes
   std::string error;  // why the request failed before its pass (allocation)
   std::function<void(bool)> on_settled;  // runs on the main thread before the promise settles
 
@@ -168,13 +169,11 @@ class PassWorker : public Napi::AsyncWorker {
     for (auto& e : entries_) {
       try {
         if (e->session) {
-          if (!e->session->cache) {
-            e->session->cache = std::make_unique<KVCache>(model_->new_kv_cache(model_->config().block_size));
-          }
+          if (!e->session->cache) e->session->cache = model_->kv_cache();
           e->request.cache = e->session->cache.get();
         } else {
-          e->scratch_cache = model_->new_kv_cache(e->request.T);
-          e->request.cache = &e->scratch_cache;
+          e->scratch_cache = model_->kv_cache();
+          e->request.cache = e->scratch_cache.get();
         }
         e->request.ids = e->ids.data();
         ready.push_back(&e->request);
@@ -331,6 +330,7 @@ class NativeModel : public Napi::ObjectWrap<NativeModel> {
     o.Set("decodeRows", Napi::Number::New(env, static_cast<double>(s.decode_rows)));
     o.Set("largestBatch", Napi::Number::New(env, static_cast<double>(s.largest_batch)));
     o.Set("busySeconds", Napi::Number::New(env, s.busy_seconds));
+    o.Set("cachesAllocated", Napi::Number::New(env, static_cast<double>(s.caches_allocated)));
     return o;
   }
 

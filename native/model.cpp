@@ -317,12 +317,50 @@ Model::Model(const Config& config, const std::vector<const float*>& tensors, Isa
   s_.hidden = FloatBuffer(R * 4 * C);
   s_.scores = FloatBuffer(static_cast<size_t>(pool_.size()) * kAttentionRows * B);
   s_.logits = FloatBuffer(static_cast<size_t>(kMaxBatch) * V);
+
+  const size_t L = static_cast<size_t>(config.n_layer);
+  const size_t tiles = (static_cast<size_t>(B) + kKeyTile - 1) / kKeyTile;
+  cache_pool_ = std::make_shared<KVCachePool>(L * (tiles * kKeyTile + B) * C * sizeof(float));
 }
 
-KVCache Model::new_kv_cache(int rows) const {
+Model::~Model() { cache_pool_->close(); }
+
+KVCache Model::new_kv_cache() const {
+  const int rows = config_.block_size;
   const int tiles = (rows + kKeyTile - 1) / kKeyTile;
   const size_t C = static_cast<size_t>(config_.n_embd), L = static_cast<size_t>(config_.n_layer);
   return KVCache{FloatBuffer(L * tiles * C * kKeyTile), FloatBuffer(L * rows * C), rows, tiles};
+}
+
+PooledKVCache Model::kv_cache() {
+  std::unique_ptr<KVCache> cache = cache_pool_->take();
+  if (!cache) {
+    cache = std::make_unique<KVCache>(new_kv_cache());
+    caches_allocated_.fetch_add(1, std::memory_order_relaxed);
+  }
+  return PooledKVCache(cache.release(), KVCacheReturn{cache_pool_});
+}
+
+std::unique_ptr<KVCache> KVCachePool::take() {
+  std::lock_guard<std::mutex> lock(mutex_);
+  if (free_.empty()) return nullptr;
+  std::unique_ptr<KVCache> cache = std::move(free_.back());
+  free_.pop_back();
+  return cache;
+}
+
+void KVCachePool::give(std::unique_ptr<KVCache> cache) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  if (open_ && free_.size() < keep_) free_.push_back(std::move(cache));
+}
+
+void KVCachePool::close() {
+  std::vector<std::unique_ptr<KVCache>> held;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    open_ = false;
+    held.swap(free_);
+  }
 }
 
 void Model::run(ForwardRequest* const* requests, int n) {
@@ -387,7 +425,9 @@ void Model::run(ForwardRequest* const* requests, int n) {
 
 BatchStats Model::stats() {
   std::lock_guard<std::mutex> lock(queue_mutex_);
-  return stats_;
+  BatchStats s = stats_;
+  s.caches_allocated = caches_allocated_.load(std::memory_order_relaxed);
+  return s;
 }
 
 // Rows of all requests stacked: each layer's matmuls stream the weights once for all of them.

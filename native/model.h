@@ -4,6 +4,8 @@
 // is used by one batched forward pass at a time (Model::run).
 #pragma once
 
+#include <algorithm>
+#include <atomic>
 #include <condition_variable>
 #include <cstddef>
 #include <cstdint>
@@ -133,6 +135,37 @@ struct KVCache {
   int tiles = 0;       // rows / kKeyTile, rounded up
 };
 
+// Freed KV caches of one model, kept for its next sessions. A fresh cache costs a page fault per
+// 4 KB on first touch, and the kernel zeroes each page: 1.5 us per page on the 2-vCPU VM, so a
+// full-block char-10M prefill spent ~5 % of its time (1,164 faults) inside its fresh cache.
+// Every cache a model hands out has block_size rows; a shorter use touches, and so commits, only
+// the first rows of each layer, so one size serves sessions and one-off passes alike. Holds at
+// most kKeepBytes of caches (at least one); the rest are freed. Thread-safe.
+class KVCachePool {
+ public:
+  static constexpr size_t kKeepBytes = size_t{64} << 20;
+  explicit KVCachePool(size_t cache_bytes) : keep_(std::max<size_t>(1, kKeepBytes / std::max<size_t>(1, cache_bytes))) {}
+  // A cache from the pool, or null when it holds none.
+  std::unique_ptr<KVCache> take();
+  void give(std::unique_ptr<KVCache> cache);
+  // The model is gone: free what is held, and free whatever comes back from now on.
+  void close();
+
+ private:
+  std::mutex mutex_;
+  std::vector<std::unique_ptr<KVCache>> free_;
+  const size_t keep_;
+  bool open_ = true;
+};
+
+// A KV cache on loan from its model: dropping it hands it back to the model's pool (or frees it
+// once the model is gone), on whichever thread drops it.
+struct KVCacheReturn {
+  std::shared_ptr<KVCachePool> pool;
+  void operator()(KVCache* cache) const { pool->give(std::unique_ptr<KVCache>(cache)); }
+};
+using PooledKVCache = std::unique_ptr<KVCache, KVCacheReturn>;
+
 // One forward pass asked of the model: ids (T) at positions start..start+T-1 of `cache`
 // (start + T <= cache->rows), extending it. The logits of every position (T, vocab_size) when
 // all_positions, else of the last one (vocab_size), go to `logits`.
@@ -154,6 +187,7 @@ struct BatchStats {
   uint64_t decode_rows = 0;    // of which single-token steps (T = 1)
   uint64_t largest_batch = 0;  // most requests in one pass
   double busy_seconds = 0;     // time spent in passes (wall clock)
+  uint64_t caches_allocated = 0;  // KV caches made (the others were reused from the pool)
 };
 
 // Expected element count of each input tensor, in binding order; 0 where a bias is absent.
@@ -168,14 +202,20 @@ class Model {
   Model(const Config& config, const std::vector<const float*>& tensors, Isa isa, int threads,
         Precision precision = Precision::f32);
 
+  ~Model();
+  Model(const Model&) = delete;
+  Model& operator=(const Model&) = delete;
+
   const Config& config() const { return config_; }
   const Kernels& kernels() const { return *kernels_; }
   int threads() const { return pool_.size(); }
   // The precision the matrices are kept in (f32 or f16, never automatic).
   Precision precision() const { return w_.f16 ? Precision::f16 : Precision::f32; }
 
-  // A cache for positions 0..rows-1 (rows <= block_size).
-  KVCache new_kv_cache(int rows) const;
+  // A cache for positions 0..block_size-1, reused from an earlier session where one was freed.
+  // Its contents are stale: a pass reads positions below its request's start only, which that
+  // request's cache owner wrote. Thread-safe.
+  PooledKVCache kv_cache();
 
   // Most requests in one batched pass.
   static constexpr int kMaxBatch = 64;
@@ -199,6 +239,7 @@ class Model {
  private:
   // One forward pass over the rows of `batch` (n requests, `rows` tokens in all).
   void pass(ForwardRequest* const* batch, int n, int rows);
+  KVCache new_kv_cache() const;
 
   Config config_;
   const Kernels* kernels_;
@@ -212,6 +253,8 @@ class Model {
   std::deque<ForwardRequest*> queue_;      // waiting, oldest first
   bool computing_ = false;                 // a pass is running (it owns pool_ and s_)
   BatchStats stats_;
+  std::atomic<uint64_t> caches_allocated_{0};
+  std::shared_ptr<KVCachePool> cache_pool_;  // shared with the caches on loan, which may outlive us
 };
 
 }  // namespace microgpt

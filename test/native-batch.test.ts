@@ -186,6 +186,26 @@ describe('batched decoding', () => {
     runtime.dispose();
   });
 
+  test("a freed KV cache is reused, and one full of another sequence gives a fresh cache's logits", async () => {
+    const runtime = await loadRuntime(CONFIG, WEIGHTS, { threads: 2 });
+    const fresh = await loadRuntime(CONFIG, WEIGHTS, { threads: 2 });
+    // Fill a cache to blockSize with another sequence, then free it.
+    const filler = runtime.createSession();
+    await filler.prefill(Int32Array.from({ length: CONFIG.blockSize }, (_, k) => tokenAt(9, 3 * k)));
+    filler.dispose();
+    assert.equal(runtime.batchStats.cachesAllocated, 1);
+
+    assertSameLogits(await trace(runtime, 1, 10, false), await trace(fresh, 1, 10, false), 'reused cache');
+    assert.equal(runtime.batchStats.cachesAllocated, 1, 'sessions one after another share one cache');
+    assertSameLogits(await trace(runtime, 3, 4, true), await trace(fresh, 3, 4, true), 'reused caches, batched');
+    assert.equal(runtime.batchStats.cachesAllocated, 3, 'three sessions at once: one cache reused, two made');
+    const ids = Int32Array.from({ length: 30 }, (_, k) => tokenAt(4, k));
+    assert.deepEqual(await runtime.forward(ids), await fresh.forward(ids));
+    assert.equal(runtime.batchStats.cachesAllocated, 3, 'a forward pass borrows a cache too');
+    runtime.dispose();
+    fresh.dispose();
+  });
+
   test('disposing one session while others are batched: its pass still ends, the others are unaffected', async () => {
     const runtime = await loadRuntime(CONFIG, WEIGHTS, { threads: 2 });
     const want = await trace(runtime, 5, 3, false);
@@ -252,7 +272,7 @@ describe('batched decoding', () => {
     assert.equal(a.length, 2);
     assert.equal(b.length, 1);
     const stats = m.stats();
-    assert.deepEqual({ ...stats, busySeconds: 0 }, { passes: 1, requests: 2, decodeRows: 1, largestBatch: 2, busySeconds: 0 });
+    assert.deepEqual({ ...stats, busySeconds: 0 }, { passes: 1, requests: 2, decodeRows: 1, largestBatch: 2, busySeconds: 0, cachesAllocated: 2 });
     assert.ok(stats.busySeconds > 0);
     m.dispose();
     other.dispose();

@@ -64,6 +64,8 @@ export interface AddonBatchStats {
   readonly largestBatch: number;
   /** Wall-clock seconds spent in passes: the engine's busy time. */
   readonly busySeconds: number;
+  /** KV caches allocated; a session or forward pass otherwise reuses one a finished session freed. */
+  readonly cachesAllocated: number;
 }
 
 export interface AddonSession {
@@ -72,7 +74,7 @@ export interface AddonSession {
   prefill(ids: Int32Array): Promise<Float32Array>;
   /** Throws while a prefill is running. */
   reset(): void;
-  /** Frees the KV cache now, or when the running prefill ends. */
+  /** Gives the KV cache back to the model (for the next session) now, or when the running prefill ends. */
   dispose(): void;
 }
 
