@@ -70,7 +70,10 @@ export interface AddonBatchStats {
 
 export interface AddonSession {
   readonly length: number;
-  /** Appends ids (length + T <= blockSize) and resolves to the last position's logits, a new array. */
+  /**
+   * Appends ids (length + T <= blockSize) and resolves to the last position's logits: the
+   * session's one array, overwritten by its next call.
+   */
   prefill(ids: Int32Array): Promise<Float32Array>;
   /** Throws while a prefill is running. */
   reset(): void;
