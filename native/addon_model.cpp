@@ -1,18 +1,17 @@
-// The Model and Session classes JavaScript sees. Every forward pass runs on a Napi::AsyncWorker
-// (libuv's thread pool) and settles a Promise; the event loop never waits for a kernel.
+// The Model and Session classes JavaScript sees. Loading runs on a Napi::AsyncWorker; every
+// forward pass runs on the model's Engine (addon_engine.h), a thread of its own, and settles a
+// Promise: the event loop never waits for a kernel.
 //
-// Batching: a worker carries a group of requests (Model.prefillMany: one per session; a plain
-// prefill or forward: one) and hands them to Model::run, which batches them with whatever other
-// workers have queued (continuous batching), then settles all its promises in one callback. One
-// group per call, not one worker per request: libuv runs at most 4 workers at once, so requests
-// spread over 8 workers could not all meet in one pass; and a group settled together comes back
-// together, so sessions stepping in lockstep stay in one batch.
+// Batching: each call queues a group of requests (Model.prefillMany: one per session; a plain
+// prefill or forward: one), and the engine runs everything queued by the time it is free through
+// Model::run as shared passes (continuous batching), then settles each group in one callback. A
+// group settled together comes back together, so sessions stepping in lockstep stay in one batch.
 //
-// Lifetime: a NativeModel owns a shared_ptr<Model>; each queued worker holds another, so
+// Lifetime: a NativeModel's Handle owns a shared_ptr<Model>; each queued group holds another, so
 // dispose() drops the model's reference at once and the memory goes when the last pending pass
 // ends. Sessions hold the NativeModel's shared_ptr<Handle>, not the Model, so a disposed model is
 // freed even while its sessions live (they then fail with "disposed"). The KV cache of a session
-// is shared the same way with its workers; when the last of them drops it, it goes back to the
+// is shared the same way with its requests; when the last of them drops it, it goes back to the
 // model's pool of caches, or is freed if the model is gone (model.h, KVCachePool).
 #include <cmath>
 #include <cstring>
@@ -23,6 +22,7 @@
 #include <vector>
 
 #include "addon.h"
+#include "addon_engine.h"
 #include "model.h"
 
 namespace microgpt {
@@ -32,13 +32,15 @@ namespace {
 // What a model's JS objects share; touched on the main thread only.
 struct Handle {
   Config config;
-  std::shared_ptr<Model> model;  // null until load() resolves, and after dispose()
+  std::shared_ptr<Model> model;    // null until load() resolves, and after dispose()
+  std::unique_ptr<Engine> engine;  // where its passes run; made with the model
   bool loading = false;
   bool disposed = false;
-};
 
-struct SessionState {
-  PooledKVCache cache;  // taken from the model by the first prefill, on the worker thread
+  // The model's passes run on the engine; settles on the main thread.
+  void submit(std::shared_ptr<Model> m, std::vector<std::unique_ptr<PassEntry>> entries) {
+    engine->submit(std::move(m), std::move(entries));
+  }
 };
 
 Napi::Error disposed_error(Napi::Env env, const char* what) {
@@ -114,6 +116,13 @@ class LoadWorker : public Napi::AsyncWorker {
       deferred_.Reject(disposed_error(Env(), "model").Value());
       return;
     }
+    try {
+      handle_->engine = std::make_unique<Engine>(Env());
+    } catch (const Napi::Error& e) {
+      model_.reset();
+      deferred_.Reject(e.Value());
+      return;
+    }
     handle_->model = std::move(model_);
     deferred_.Resolve(Env().Undefined());
   }
@@ -132,77 +141,6 @@ class LoadWorker : public Napi::AsyncWorker {
   int threads_;
   Precision precision_;
   std::shared_ptr<Model> model_;
-};
-
-// One request of a group: a whole sequence into a fresh cache (Model.forward), or new tokens
-// appended to a session's cache (prefill). Made and settled on the main thread.
-struct PassEntry {
-  Napi::ObjectReference receiver;  // the JS model or session stays alive while work is pending
-  Napi::Promise::Deferred deferred;
-  Napi::ObjectReference out_ref;   // the logits array the promise resolves to
-  std::shared_ptr<SessionState> session;  // null for Model.forward: a scratch cache instead
-  std::vector<int> ids;
-  ForwardRequest request;
-  PooledKVCache scratch_cache;  // Model.forward's, back to the pool when the entry goes
-  std::string error;  // why the request failed before its pass (allocation)
-  std::function<void(bool)> on_settled;  // runs on the main thread before the promise settles
-
-  PassEntry(Napi::Object receiver_object, Napi::Float32Array out, std::shared_ptr<SessionState> state,
-            std::vector<int> token_ids, int start, bool all_positions, std::function<void(bool)> settled)
-      : receiver(Napi::Persistent(receiver_object)),
-        deferred(Napi::Promise::Deferred::New(receiver_object.Env())),
-        out_ref(Napi::Persistent(static_cast<Napi::Object>(out))),
-        session(std::move(state)),
-        ids(std::move(token_ids)),
-        request{nullptr, start, nullptr, static_cast<int>(ids.size()), out.Data(), all_positions, std::string(), false},
-        on_settled(std::move(settled)) {}
-};
-
-// Runs a group of requests through Model::run and settles each one's promise.
-class PassWorker : public Napi::AsyncWorker {
- public:
-  PassWorker(Napi::Env env, std::shared_ptr<Model> model, std::vector<std::unique_ptr<PassEntry>> entries)
-      : Napi::AsyncWorker(env, "microgpt.forward"), model_(std::move(model)), entries_(std::move(entries)) {}
-
-  void Execute() override {
-    std::vector<ForwardRequest*> ready;
-    for (auto& e : entries_) {
-      try {
-        if (e->session) {
-          if (!e->session->cache) e->session->cache = model_->kv_cache();
-          e->request.cache = e->session->cache.get();
-        } else {
-          e->scratch_cache = model_->kv_cache();
-          e->request.cache = e->scratch_cache.get();
-        }
-        e->request.ids = e->ids.data();
-        ready.push_back(&e->request);
-      } catch (const std::bad_alloc&) {
-        e->error = "out of memory in the native engine's forward pass";
-      }
-    }
-    try {
-      model_->run(ready.data(), static_cast<int>(ready.size()));
-    } catch (const std::exception& ex) {  // checked before queuing; defence in depth
-      for (ForwardRequest* r : ready) r->error = std::string("the native forward pass failed: ") + ex.what();
-    }
-  }
-  void OnOK() override {
-    Napi::Env env = Env();
-    for (auto& e : entries_) {
-      const std::string& error = e->error.empty() ? e->request.error : e->error;
-      if (e->on_settled) e->on_settled(error.empty());
-      if (error.empty()) {
-        e->deferred.Resolve(e->out_ref.Value());
-      } else {
-        e->deferred.Reject(Napi::Error::New(env, error).Value());
-      }
-    }
-  }
-
- private:
-  std::shared_ptr<Model> model_;
-  std::vector<std::unique_ptr<PassEntry>> entries_;
 };
 
 // ---- Model ------------------------------------------------------------------------------------
@@ -311,7 +249,7 @@ class NativeModel : public Napi::ObjectWrap<NativeModel> {
     std::vector<std::unique_ptr<PassEntry>> entries;
     entries.push_back(std::make_unique<PassEntry>(Value(), out, nullptr, std::move(ids), 0, true, nullptr));
     Napi::Promise p = entries.front()->deferred.Promise();
-    (new PassWorker(env, std::move(model), std::move(entries)))->Queue();
+    handle_->submit(std::move(model), std::move(entries));
     return p;
   }
 
@@ -344,6 +282,7 @@ class NativeModel : public Napi::ObjectWrap<NativeModel> {
   void dispose(const Napi::CallbackInfo&) {
     handle_->disposed = true;
     handle_->model.reset();  // freed now, or when the last pending pass ends
+    if (handle_->engine) handle_->engine->close();  // its thread ends once that pass has settled
   }
 
   Napi::Value isa(const Napi::CallbackInfo& info) { return Napi::String::New(info.Env(), isa_name(isa_)); }
@@ -391,16 +330,15 @@ class NativeSession : public Napi::ObjectWrap<NativeSession> {
  private:
   // prefill(ids: Int32Array): Promise<Float32Array>, the logits (vocabSize) of the last id.
   Napi::Value prefill(const Napi::CallbackInfo& info) {
-    Napi::Env env = info.Env();
     std::vector<std::unique_ptr<PassEntry>> entries;
     entries.push_back(begin(info[0]));
     Napi::Promise p = entries.front()->deferred.Promise();
-    (new PassWorker(env, handle_->model, std::move(entries)))->Queue();
+    handle_->submit(handle_->model, std::move(entries));
     return p;
   }
 
  public:
-  // Checks a prefill of `ids` and marks the session busy: the request for a PassWorker. Throws
+  // Checks a prefill of `ids` and marks the session busy: the request for the engine. Throws
   // (a JS error) when the session cannot take it.
   std::unique_ptr<PassEntry> begin(Napi::Value ids_value) {
     Napi::Env env = ids_value.Env();
@@ -481,7 +419,7 @@ Napi::Value NativeModel::prefill_many(const Napi::CallbackInfo& info) {
       promises.Set(i, d.Promise());
     }
   }
-  if (!entries.empty()) (new PassWorker(env, std::move(model), std::move(entries)))->Queue();
+  if (!entries.empty()) handle_->submit(std::move(model), std::move(entries));
   return promises;
 }
 

@@ -2,6 +2,7 @@
 // char-10M-sized model, many generations and models leave memory flat, and concurrent
 // generations on one model do not disturb each other.
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
 import { describe, test } from 'node:test';
 import { nativeBackend } from '../lib/backends/native/index.js';
 import type { ModelConfig } from '../lib/config.js';
@@ -34,6 +35,138 @@ describe('the event loop stays free', () => {
     t.diagnostic(`${ticks} ticks in ${elapsed.toFixed(0)} ms, longest wait ${worst.toFixed(1)} ms`);
     assert.ok(ticks >= Math.floor(elapsed / 10) / 3, `only ${ticks} ticks in ${elapsed.toFixed(0)} ms`);
     assert.ok(worst < 50, `the timer waited ${worst.toFixed(1)} ms`);
+  });
+});
+
+/** Runs an ES module in a fresh node (its own libuv thread pool and exit), and returns its output. */
+function runChild(code: string, env: Record<string, string> = {}, flags: string[] = []): { status: number | null; stdout: string; stderr: string } {
+  const r = spawnSync(process.execPath, [...flags, '--input-type=module', '-e', code], {
+    encoding: 'utf8',
+    timeout: 60_000,
+    env: { ...process.env, ...env },
+  });
+  return { status: r.status, stdout: r.stdout, stderr: r.stderr };
+}
+const LIB = JSON.stringify(new URL('../lib/', import.meta.url).href);
+
+describe("libuv's thread pool stays free", () => {
+  test('fs calls answer in milliseconds while 100 ms passes run, even with a one-thread libuv pool', (t) => {
+    // With passes on libuv's pool, each stat waited behind a whole pass (measured: 103 ms).
+    const r = runChild(
+      `
+      const { createModel } = await import(${LIB} + 'index.js');
+      const { randomWeights, syntheticVocab } = await import(${LIB} + 'bench/shapes.js');
+      const { stat } = await import('node:fs/promises');
+      const config = { vocabSize: 65, blockSize: 512, nLayer: 6, nHead: 8, nEmbd: 512, bias: true };
+      const vocab = syntheticVocab(65);
+      const model = await createModel(config, randomWeights(config), vocab, { backend: 'native' });
+      // Past blockSize from the first token: every step is a full-block prefill.
+      const prompt = Array.from({ length: 511 }, (_, i) => vocab[i % 65]).join('');
+      let running = true;
+      const started = performance.now();
+      const generation = model.generate(prompt, { maxNewTokens: 6, temperature: 1, seed: 1 }).then(() => { running = false; });
+      const waits = [];
+      while (running) {
+        await new Promise((resolve) => setTimeout(resolve, 5));
+        const t = performance.now();
+        await stat('.');
+        waits.push(performance.now() - t);
+      }
+      await generation;
+      const msPerPass = (performance.now() - started) / 6;
+      model.dispose();
+      waits.sort((a, b) => a - b);
+      console.log(JSON.stringify({ calls: waits.length, p90: waits[Math.floor(waits.length * 0.9)], msPerPass }));`,
+      { UV_THREADPOOL_SIZE: '1' },
+    );
+    assert.equal(r.status, 0, r.stderr);
+    const { calls, p90, msPerPass } = JSON.parse(r.stdout) as { calls: number; p90: number; msPerPass: number };
+    t.diagnostic(`${calls} stat calls, 90th percentile ${p90.toFixed(2)} ms, passes of ${msPerPass.toFixed(0)} ms`);
+    assert.ok(msPerPass > 50, `passes of ${msPerPass.toFixed(0)} ms are too short to tell`);
+    assert.ok(calls >= 5);
+    assert.ok(p90 < 20, `stat took ${p90.toFixed(1)} ms (90th percentile) while passes of ${msPerPass.toFixed(0)} ms ran`);
+  });
+});
+
+describe('threads and exit', () => {
+  test('a loaded model left undisposed does not keep the process alive', () => {
+    const r = runChild(`
+      const { loadModel } = await import(${LIB} + 'index.js');
+      const model = await loadModel(${JSON.stringify(fixture(expected('tiny-bias').checkpoint))}, { backend: 'native' });
+      console.log(await model.generate('The ', { temperature: 0, maxNewTokens: 5 }));`);
+    assert.equal(r.status, 0, r.stderr);
+    assert.equal(r.stdout.trim().length, 5);
+  });
+
+  test("models dropped without dispose() give back their threads when collected", (t) => {
+    const r = runChild(
+      `
+      const { createModel } = await import(${LIB} + 'index.js');
+      const { randomWeights } = await import(${LIB} + 'bench/shapes.js');
+      const { readFileSync } = await import('node:fs');
+      const { existsSync } = await import('node:fs');
+      // Counted where /proc tells (Linux); elsewhere this checks only that collection goes well.
+      const threads = () => existsSync('/proc/self/status') ? Number(/Threads:\\s+(\\d+)/.exec(readFileSync('/proc/self/status', 'utf8'))[1]) : null;
+      const config = { vocabSize: 8, blockSize: 16, nLayer: 1, nHead: 2, nEmbd: 32, bias: true };
+      const weights = randomWeights(config);
+      const collect = async () => {
+        for (let i = 0; i < 5; i++) {
+          globalThis.gc();
+          await new Promise((resolve) => setTimeout(resolve, 10));
+        }
+      };
+      const use = async () => {
+        const model = await createModel(config, weights, [...'abcdefgh'], { backend: 'native', threads: 2 });
+        await model.generate('a', { maxNewTokens: 3 });
+      };
+      await use();
+      await collect();
+      const before = threads();
+      for (let i = 0; i < 40; i++) await use();
+      await collect();
+      console.log(JSON.stringify({ before, after: threads() }));`,
+      {},
+      ['--expose-gc'],
+    );
+    assert.equal(r.status, 0, r.stderr);
+    const { before, after } = JSON.parse(r.stdout) as { before: number | null; after: number | null };
+    if (before === null || after === null) {
+      t.diagnostic('no /proc/self/status here to count threads: checked only that 40 collected models end well');
+      return;
+    }
+    t.diagnostic(`threads: ${before} before 40 undisposed models, ${after} after they were collected`);
+    // Each model has an engine thread and a pool worker: 40 leaked models would be 80 threads.
+    assert.ok(after - before < 10, `${after - before} more threads`);
+  });
+
+  test('terminating a worker thread in the middle of a generation leaves the main thread unharmed', async () => {
+    const { Worker } = await import('node:worker_threads');
+    const code = `
+      const { parentPort } = require('node:worker_threads');
+      (async () => {
+        const { createModel } = await import(${LIB} + 'index.js');
+        const { randomWeights, syntheticVocab } = await import(${LIB} + 'bench/shapes.js');
+        const config = { vocabSize: 65, blockSize: 256, nLayer: 6, nHead: 6, nEmbd: 384, bias: true };
+        const vocab = syntheticVocab(65);
+        const model = await createModel(config, randomWeights(config), vocab, { backend: 'native' });
+        // Past blockSize: each step is a full-block pass, so one is running when we are stopped.
+        const prompt = Array.from({ length: 255 }, (_, i) => vocab[i % 65]).join('');
+        let tokens = 0;
+        for await (const _ of model.stream(prompt, { maxNewTokens: 10000 })) {
+          if (++tokens === 3) parentPort.postMessage('running');
+        }
+      })().catch((e) => parentPort.postMessage('error: ' + e.message));`;
+    const worker = new Worker(code, { eval: true });
+    const message = await new Promise<string>((resolve, reject) => {
+      worker.once('message', resolve);
+      worker.once('error', reject);
+    });
+    assert.equal(message, 'running');
+    await worker.terminate();
+    const e = expected('tiny-bias');
+    const model = await loadModel(fixture(e.checkpoint), { backend: 'native' });
+    assert.equal(await model.generate(e.greedy.prompt, { temperature: 0, maxNewTokens: 40 }), e.greedy.continuation.slice(0, 40));
+    model.dispose();
   });
 });
 
