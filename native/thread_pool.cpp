@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <chrono>
+#include <limits>
+#include <vector>
 
 #if defined(__x86_64__) || defined(_M_X64)
 #include <immintrin.h>
@@ -55,19 +57,24 @@ ThreadPool::ThreadPool(int n_threads)
   workers_.reserve(n_threads_ - 1);
   for (int i = 1; i < n_threads_; i++) workers_.emplace_back([this, i] { worker(i); });
   if (n_threads_ > 1) {
-    // The median of a few short batches, so one lucky or unlucky moment does not decide.
-    Busy busy(*this, n_threads_);
-    auto nothing = [](int) {};
-    for (int i = 0; i < 64; i++) run(n_threads_, nothing);  // the workers are up
-    double batches[7];
-    for (double& batch : batches) {
-      const auto t0 = std::chrono::steady_clock::now();
-      for (int i = 0; i < 64; i++) run(n_threads_, nothing);
-      batch = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / 64;
-    }
-    std::sort(batches, batches + 7);
-    barrier_seconds_ = batches[3];
+    barrier_seconds_ = std::numeric_limits<double>::infinity();
+    calibrate(64);
   }
+}
+
+void ThreadPool::calibrate(int runs) {
+  if (n_threads_ <= 1) return;
+  Busy busy(*this, n_threads_);
+  auto nothing = [](int) {};
+  for (int i = 0; i < 16; i++) run(n_threads_, nothing);  // every worker is up and spinning
+  std::vector<double> seconds(std::max(1, runs));
+  for (double& s : seconds) {
+    const auto t0 = std::chrono::steady_clock::now();
+    run(n_threads_, nothing);
+    s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  }
+  std::nth_element(seconds.begin(), seconds.begin() + seconds.size() / 2, seconds.end());
+  barrier_seconds_ = std::min(barrier_seconds_, seconds[seconds.size() / 2]);
 }
 
 ThreadPool::~ThreadPool() {

@@ -29,10 +29,18 @@ class ThreadPool {
 
   int size() const { return n_threads_; }
 
-  // Seconds one empty run() over every thread takes inside a Busy scope, measured when the pool
-  // starts: what a split costs on this machine (well under a microsecond where the threads get
-  // their cores; more where vCPUs are time-shared).
+  // Seconds one empty run() over every thread takes inside a Busy scope (the median of a few
+  // dozen), the lowest of the measurements so far: what a split costs on this machine when the
+  // pool's threads have their cores (0.3 us for 2 threads on the 2-vCPU VM, ~5 us for 16 on a
+  // 16-core one). Measured when the pool starts and again by calibrate().
   double barrier_seconds() const { return barrier_seconds_; }
+
+  // Measures the barrier again (`runs` empty runs) and keeps the lower value. Call it between
+  // passes (it opens its own Busy scope), from time to time: one measurement can land in a busy
+  // moment. Measured while the
+  // main thread was computing on the 2-vCPU VM, the barrier came out at 106 us instead of 0.3 us,
+  // and the model then kept every decode matmul on one thread (524 against ~900 tokens/s).
+  void calibrate(int runs);
 
   // While one is alive, the first `width` threads (those the pass will use: its widest split)
   // spin between run()s (up to kBusySpin at a time) instead of going to sleep, and those of them
