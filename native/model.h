@@ -146,7 +146,7 @@ struct KVCache {
 
 // Freed KV caches of one model, kept for its next sessions. A fresh cache costs a page fault per
 // 4 KB on first touch, and the kernel zeroes each page: 1.5 us per page on the 2-vCPU VM, so a
-// full-block char-10M prefill spent ~5 % of its time (1,164 faults) inside its fresh cache.
+// full-block char-10M prefill spent 5-8 % of its time (1,164 faults) inside its fresh cache.
 // Every cache a model hands out has block_size rows; a shorter use touches, and so commits, only
 // the first rows of each layer, so one size serves sessions and one-off passes alike. Holds at
 // most kKeepBytes of caches (at least one); the rest are freed. Thread-safe.

@@ -76,9 +76,10 @@ export interface BenchReport {
   readonly threads: number;
   /**
    * Instruction set of the native engine and its probes, and the FMA peak they measured: every
-   * run in `fmaPeakGflops.runs`, and `fmaPeak`, the highest, which the GEMM fractions use. A peak
-   * is what the cores can do; a moment when a vCPU was busy elsewhere only lowers a run (on the
-   * 2-vCPU VM, single runs fell to 116 against 233, and once the median did too).
+   * run in `fmaPeakGflops.runs` (sampled at the start and again before the GEMMs), and `fmaPeak`,
+   * the highest, which the GEMM fractions use. A peak is what the cores can do; a moment when a
+   * vCPU was busy elsewhere only lowers a run (on the 2-vCPU VM, single runs fell to 116 against
+   * 233, and in one run all five taken at the start stayed at or below 201).
    */
   readonly native?: { readonly isa: string; readonly fmaPeakGflops: Figure; readonly fmaPeak: number };
   readonly shapes: ShapeReport[];
@@ -105,12 +106,16 @@ export async function runBench(options: BenchOptions = {}): Promise<BenchReport>
   const threads = options.threads ?? availableParallelism();
 
   const probes = engines.includes('native') ? nativeProbes() : null;
-  let native: BenchReport['native'];
-  if (probes !== null) {
-    const fmaPeakGflops = sampled(runs, 'GFLOP/s', () => probes.fmaPeak(threads));
-    native = { isa: probes.isa, fmaPeakGflops, fmaPeak: Math.max(...fmaPeakGflops.runs) };
-    log(`native (${probes.isa}): FMA peak ${native.fmaPeak.toFixed(1)} GFLOP/s on ${threads} threads`);
-  }
+  // The FMA peak is sampled at the start and again before the GEMMs, minutes apart, and the
+  // highest run is the peak: a busy stretch at one moment does not decide it.
+  const peakRuns: number[] = [];
+  const samplePeak = (moment: string) => {
+    if (probes === null) return;
+    const figure = sampled(runs, 'GFLOP/s', () => probes.fmaPeak(threads));
+    peakRuns.push(...figure.runs);
+    log(`native (${probes.isa}): FMA peak ${Math.max(...figure.runs).toFixed(1)} GFLOP/s on ${threads} threads (${moment})`);
+  };
+  samplePeak('at the start');
 
   const shapes: ShapeReport[] = [];
   for (const shape of shapeNames) {
@@ -150,6 +155,11 @@ export async function runBench(options: BenchOptions = {}): Promise<BenchReport>
       shapes.push(report);
     }
   }
+  samplePeak('before the GEMMs');
+  const native: BenchReport['native'] =
+    probes === null
+      ? undefined
+      : { isa: probes.isa, fmaPeakGflops: { median: median(peakRuns), runs: peakRuns, unit: 'GFLOP/s' }, fmaPeak: Math.max(...peakRuns) };
   const gemm = await measureGemm(engines, probes, threads, runs, log, native?.fmaPeak);
   return {
     date: new Date().toISOString(),
