@@ -7,7 +7,7 @@ export function formatBenchReport(report: BenchReport): string {
   const lines: string[] = [];
   lines.push(`${report.machine.cpu}, ${report.machine.logicalCores} logical cores, ${report.threads} threads, Node ${report.machine.node}, ${report.date.slice(0, 10)}`);
   if (report.native !== undefined) {
-    lines.push(`native engine: ${report.native.isa} kernels; this CPU's FMA peak, measured in the same run: ${report.native.fmaPeak.toFixed(1)} GFLOP/s on ${report.threads} threads (the highest of ${report.native.fmaPeakGflops.runs.length} runs, at the start and before the GEMMs)`);
+    lines.push(`native engine: ${report.native.isa} kernels; this CPU's FMA peak, measured in the same run: ${report.native.fmaPeak.toFixed(1)} GFLOP/s on ${report.threads} threads (the highest of ${report.native.fmaPeakGflops.runs.length} runs, at the start and at the end)`);
   }
   lines.push('');
   lines.push(`| shape | figure | ${engines.join(' | ')} |${engines.length > 1 ? ` ${engines[0]}/${engines[engines.length - 1]} |` : ''}`);

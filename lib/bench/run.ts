@@ -76,7 +76,7 @@ export interface BenchReport {
   readonly threads: number;
   /**
    * Instruction set of the native engine and its probes, and the FMA peak they measured: every
-   * run in `fmaPeakGflops.runs` (sampled at the start and again before the GEMMs), and `fmaPeak`,
+   * run in `fmaPeakGflops.runs` (sampled at the start and again at the end), and `fmaPeak`,
    * the highest, which the GEMM fractions use. A peak is what the cores can do; a moment when a
    * vCPU was busy elsewhere only lowers a run (on the 2-vCPU VM, single runs fell to 116 against
    * 233, and in one run all five taken at the start stayed at or below 201).
@@ -106,7 +106,7 @@ export async function runBench(options: BenchOptions = {}): Promise<BenchReport>
   const threads = options.threads ?? availableParallelism();
 
   const probes = engines.includes('native') ? nativeProbes() : null;
-  // The FMA peak is sampled at the start and again before the GEMMs, minutes apart, and the
+  // The FMA peak is sampled at the start and again at the end, minutes apart, and the
   // highest run is the peak: a busy stretch at one moment does not decide it.
   const peakRuns: number[] = [];
   const samplePeak = (moment: string) => {
@@ -116,6 +116,10 @@ export async function runBench(options: BenchOptions = {}): Promise<BenchReport>
     log(`native (${probes.isa}): FMA peak ${Math.max(...figure.runs).toFixed(1)} GFLOP/s on ${threads} threads (${moment})`);
   };
   samplePeak('at the start');
+  // The GEMMs first, in a quiet process: measured last, they followed the freeing of gpt2-124M's
+  // half-gigabyte js model, and two of three full runs had GEMMs at half speed (112 GFLOP/s in
+  // every sample) while a standalone GEMM-only run and the native-only runs did not.
+  const gemmRuns = await measureGemm(engines, probes, threads, runs, log);
 
   const shapes: ShapeReport[] = [];
   for (const shape of shapeNames) {
@@ -155,12 +159,15 @@ export async function runBench(options: BenchOptions = {}): Promise<BenchReport>
       shapes.push(report);
     }
   }
-  samplePeak('before the GEMMs');
+  samplePeak('at the end');
   const native: BenchReport['native'] =
     probes === null
       ? undefined
       : { isa: probes.isa, fmaPeakGflops: { median: median(peakRuns), runs: peakRuns, unit: 'GFLOP/s' }, fmaPeak: Math.max(...peakRuns) };
-  const gemm = await measureGemm(engines, probes, threads, runs, log, native?.fmaPeak);
+  const gemm = gemmRuns.map((g) => {
+    const figure = g.engines.native;
+    return native === undefined || figure === undefined ? g : { ...g, peakFraction: figure.median / native.fmaPeak };
+  });
   return {
     date: new Date().toISOString(),
     machine: { cpu: cpus()[0]?.model.trim() ?? 'unknown', logicalCores: availableParallelism(), node: process.version, platform: `${process.platform}-${process.arch}` },
@@ -258,15 +265,13 @@ async function measureGemm(
   threads: number,
   runs: number,
   log: (line: string) => void,
-  peak: number | undefined,
 ): Promise<GemmReport[]> {
   const out: GemmReport[] = [];
   for (const { label, M, N, K } of GEMM_SHAPES) {
-    let report: GemmReport = { label, M, N, K, engines: {} };
+    const report: GemmReport = { label, M, N, K, engines: {} };
     if (probes !== null) {
       const figure = sampled(runs, 'GFLOP/s', () => probes.gemm(M, N, K, threads));
       report.engines.native = figure;
-      if (peak !== undefined) report = { ...report, peakFraction: figure.median / peak };
       log(`native GEMM ${label}: ${figure.median.toFixed(1)} GFLOP/s`);
     }
     if (engines.includes('js')) {
