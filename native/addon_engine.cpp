@@ -41,10 +41,8 @@ Engine::~Engine() { core_->shut_down(); }
 
 void Engine::submit(std::shared_ptr<Model> model, std::vector<std::unique_ptr<PassEntry>> entries) {
   Core& core = *core_;
-  if (core.pending++ == 0 && !core.referenced && core.results != nullptr) {
-    napi_ref_threadsafe_function(env_, core.results);
-    core.referenced = true;
-  }
+  // The thread-safe function holds the event loop open exactly while something is pending.
+  if (core.pending++ == 0 && core.results != nullptr) napi_ref_threadsafe_function(env_, core.results);
   {
     std::lock_guard<std::mutex> lock(core.mutex);
     core.inbox.push_back(Group{std::move(model), std::move(entries)});
@@ -150,9 +148,8 @@ void Engine::Core::settle(Napi::Env env) {
   if (pending == 0) {
     if (closing) {
       shut_down();
-    } else if (referenced && results != nullptr) {
+    } else if (results != nullptr) {
       napi_unref_threadsafe_function(env, results);
-      referenced = false;
     }
   }
 }

@@ -93,9 +93,8 @@ class Engine {
 
     // Main thread only.
     std::thread thread;
-    int pending = 0;          // groups submitted and not yet settled
+    int pending = 0;          // groups submitted and not yet settled; > 0: the loop is held open
     bool closing = false;     // close() was called
-    bool referenced = false;  // the thread-safe function holds the event loop open
 
     void loop();
     // The thread-safe function's callback: settles every finished group.

@@ -36,11 +36,6 @@ struct Handle {
   std::unique_ptr<Engine> engine;  // where its passes run; made with the model
   bool loading = false;
   bool disposed = false;
-
-  // The model's passes run on the engine; settles on the main thread.
-  void submit(std::shared_ptr<Model> m, std::vector<std::unique_ptr<PassEntry>> entries) {
-    engine->submit(std::move(m), std::move(entries));
-  }
 };
 
 Napi::Error disposed_error(Napi::Env env, const char* what) {
@@ -249,7 +244,7 @@ class NativeModel : public Napi::ObjectWrap<NativeModel> {
     std::vector<std::unique_ptr<PassEntry>> entries;
     entries.push_back(std::make_unique<PassEntry>(Value(), out, nullptr, std::move(ids), 0, true, nullptr));
     Napi::Promise p = entries.front()->deferred.Promise();
-    handle_->submit(std::move(model), std::move(entries));
+    handle_->engine->submit(std::move(model), std::move(entries));
     return p;
   }
 
@@ -333,7 +328,7 @@ class NativeSession : public Napi::ObjectWrap<NativeSession> {
     std::vector<std::unique_ptr<PassEntry>> entries;
     entries.push_back(begin(info[0]));
     Napi::Promise p = entries.front()->deferred.Promise();
-    handle_->submit(handle_->model, std::move(entries));
+    handle_->engine->submit(handle_->model, std::move(entries));
     return p;
   }
 
@@ -419,7 +414,7 @@ Napi::Value NativeModel::prefill_many(const Napi::CallbackInfo& info) {
       promises.Set(i, d.Promise());
     }
   }
-  if (!entries.empty()) handle_->submit(std::move(model), std::move(entries));
+  if (!entries.empty()) handle_->engine->submit(std::move(model), std::move(entries));
   return promises;
 }
 

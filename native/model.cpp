@@ -134,6 +134,17 @@ void parallel_chunks(ThreadPool& pool, int threads, int items, int chunk, const 
   });
 }
 
+// A model's KV cache: block_size positions of every layer, keys in tiles (kernels.h).
+struct KVCacheShape {
+  int rows, tiles;
+  size_t key_floats, value_floats;
+};
+KVCacheShape kv_cache_shape(const Config& c) {
+  const int tiles = (c.block_size + kKeyTile - 1) / kKeyTile;
+  const size_t C = static_cast<size_t>(c.n_embd), L = static_cast<size_t>(c.n_layer);
+  return {c.block_size, tiles, L * tiles * C * kKeyTile, L * c.block_size * C};
+}
+
 }  // namespace
 
 // ---- the layers -------------------------------------------------------------------------------
@@ -362,18 +373,15 @@ Model::Model(const Config& config, const std::vector<const float*>& tensors, Isa
   s_.scores = FloatBuffer(static_cast<size_t>(pool_.size()) * kAttentionRows * B);
   s_.logits = FloatBuffer(static_cast<size_t>(kMaxBatch) * V);
 
-  const size_t L = static_cast<size_t>(config.n_layer);
-  const size_t tiles = (static_cast<size_t>(B) + kKeyTile - 1) / kKeyTile;
-  cache_pool_ = std::make_shared<KVCachePool>(L * (tiles * kKeyTile + B) * C * sizeof(float));
+  const KVCacheShape cache = kv_cache_shape(config);
+  cache_pool_ = std::make_shared<KVCachePool>((cache.key_floats + cache.value_floats) * sizeof(float));
 }
 
 Model::~Model() { cache_pool_->close(); }
 
 KVCache Model::new_kv_cache() const {
-  const int rows = config_.block_size;
-  const int tiles = (rows + kKeyTile - 1) / kKeyTile;
-  const size_t C = static_cast<size_t>(config_.n_embd), L = static_cast<size_t>(config_.n_layer);
-  return KVCache{FloatBuffer(L * tiles * C * kKeyTile), FloatBuffer(L * rows * C), rows, tiles};
+  const KVCacheShape s = kv_cache_shape(config_);
+  return KVCache{FloatBuffer(s.key_floats), FloatBuffer(s.value_floats), s.rows, s.tiles};
 }
 
 PooledKVCache Model::kv_cache() {

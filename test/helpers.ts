@@ -1,3 +1,4 @@
+import { spawnSync } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -146,4 +147,14 @@ export async function checkKvCacheChunking(runtime: ModelRuntime, ids: Int32Arra
     await assert.rejects(session.prefill(ids), /exceeds blockSize/);
     session.dispose();
   }
+}
+
+/** Runs an ES module in a fresh node (its own libuv thread pool and exit), and returns its output. */
+export function runChild(code: string, env: Record<string, string> = {}, flags: string[] = []): { status: number | null; stdout: string; stderr: string } {
+  const r = spawnSync(process.execPath, [...flags, '--input-type=module', '-e', code], {
+    encoding: 'utf8',
+    timeout: 60_000,
+    env: { ...process.env, ...env },
+  });
+  return { status: r.status, stdout: r.stdout, stderr: r.stderr };
 }

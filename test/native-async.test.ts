@@ -2,12 +2,11 @@
 // char-10M-sized model, many generations and models leave memory flat, and concurrent
 // generations on one model do not disturb each other.
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
 import { describe, test } from 'node:test';
 import { nativeBackend } from '../lib/backends/native/index.js';
 import type { ModelConfig } from '../lib/config.js';
 import { createModel, loadModel, type Model } from '../lib/index.js';
-import { expected, fixture, randomTestWeights } from './helpers.js';
+import { expected, fixture, randomTestWeights, runChild } from './helpers.js';
 
 const VOCAB = Array.from({ length: 65 }, (_, i) => String.fromCharCode(48 + i));
 
@@ -38,15 +37,6 @@ describe('the event loop stays free', () => {
   });
 });
 
-/** Runs an ES module in a fresh node (its own libuv thread pool and exit), and returns its output. */
-function runChild(code: string, env: Record<string, string> = {}, flags: string[] = []): { status: number | null; stdout: string; stderr: string } {
-  const r = spawnSync(process.execPath, [...flags, '--input-type=module', '-e', code], {
-    encoding: 'utf8',
-    timeout: 60_000,
-    env: { ...process.env, ...env },
-  });
-  return { status: r.status, stdout: r.stdout, stderr: r.stderr };
-}
 const LIB = JSON.stringify(new URL('../lib/', import.meta.url).href);
 
 describe("libuv's thread pool stays free", () => {

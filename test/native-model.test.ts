@@ -1,7 +1,6 @@
 // The native engine against PyTorch and the js backend: logits, greedy and seeded text, the KV
 // cache in any chunking, thread-count independence, every instruction set, and bad input.
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
 import { after, before, describe, test } from 'node:test';
 import { availableBackends } from '../lib/backends/index.js';
 import { jsBackend } from '../lib/backends/js/index.js';
@@ -9,7 +8,7 @@ import { loadAddon, type AddonIsa } from '../lib/backends/native/binding.js';
 import { nativeBackend } from '../lib/backends/native/index.js';
 import type { ModelConfig } from '../lib/config.js';
 import { loadModel, MicroGPTError, readModelFile, type Model } from '../lib/index.js';
-import { checkKvCacheChunking, expected, expectedLogits, fixture, maxAbsDiff, MODEL_NAMES, randomTestWeights } from './helpers.js';
+import { checkKvCacheChunking, expected, expectedLogits, fixture, maxAbsDiff, MODEL_NAMES, randomTestWeights, runChild } from './helpers.js';
 
 const load = loadAddon();
 const supported: AddonIsa[] = load.addon?.cpu().supported ?? [];
@@ -29,7 +28,7 @@ test('without a binary, native is unavailable with an actionable reason and auto
     try { await m.loadModel(${JSON.stringify(fixture('models', 'tiny-bias'))}, { backend: 'native' }); } catch (e) { error = e.code + ': ' + e.message; }
     const auto = await m.loadModel(${JSON.stringify(fixture('models', 'tiny-bias'))});
     console.log(JSON.stringify({ native, error, auto: auto.backend }));`;
-  const r = spawnSync(process.execPath, ['--input-type=module', '-e', script], { env: { ...process.env, PREBUILDS_ONLY: '1' }, encoding: 'utf8' });
+  const r = runChild(script, { PREBUILDS_ONLY: '1' });
   assert.equal(r.status, 0, r.stderr);
   const out = JSON.parse(r.stdout) as { native: { available: boolean; reason: string }; error: string; auto: string };
   assert.equal(out.native.available, false);
