@@ -15,17 +15,33 @@ export interface ModelConfig {
 }
 
 /**
- * Bounds that keep a hostile or mistyped config from asking for absurd allocations. They are far
- * above any model this library is meant for (gpt2-xl is 48 layers, 1600 wide, block 1024).
+ * Bounds on a config from any source, so that a small hostile or mistyped file cannot ask for
+ * absurd memory or compute: what nanoGPT-class models need, with room (gpt2-xl is 48 layers,
+ * 25 heads, 1600 wide, block 1024; nanoGPT's shakespeare_char is 6 x 6 x 384, block 256). The
+ * native engine checks the same table (a test holds the two equal).
  */
 export const CONFIG_LIMITS = {
   vocabSize: 1_114_112, // every Unicode code point
-  blockSize: 65_536,
-  nLayer: 256,
-  nHead: 256,
-  nEmbd: 16_384,
+  blockSize: 4_096,
+  nLayer: 64,
+  nHead: 64,
+  nEmbd: 8_192,
+  /** nEmbd / nHead. */
+  headSize: 512,
   /** Float32 parameters; 2^31 keeps every tensor index inside a JS number and a Float32Array. */
   parameters: 2 ** 31,
+  /**
+   * nLayer x blockSize x nEmbd: a full session's KV cache holds twice this many floats (2 GiB at
+   * the limit), whatever the size of the file.
+   */
+  layerPositionWidth: 2 ** 28,
+  /**
+   * nLayer x nHead x blockSize^2, the attention scores of a full-window pass (twice what its causal
+   * half computes). Attention is the one cost that does not grow with the weights, and heads of
+   * a handful of channels spend it worst: at this limit a full-window pass of a 2 MB file with
+   * heads of width 1 takes about 5 s on a 2-vCPU Zen 4, gpt2-xl needs a quarter of it.
+   */
+  attentionScores: 2 ** 32,
 } as const;
 
 const LIMITED_FIELDS = ['vocabSize', 'blockSize', 'nLayer', 'nHead', 'nEmbd'] as const;
@@ -64,6 +80,29 @@ export function validateConfig(raw: unknown, source = 'model config'): ModelConf
     throw new MicroGPTError(
       'ERR_INVALID_CONFIG',
       `${source}: nEmbd (${config.nEmbd}) must be a multiple of nHead (${config.nHead})`,
+    );
+  }
+  const headSize = config.nEmbd / config.nHead;
+  if (headSize > CONFIG_LIMITS.headSize) {
+    throw new MicroGPTError(
+      'ERR_INVALID_CONFIG',
+      `${source}: head size nEmbd / nHead (${headSize}) must be at most ${CONFIG_LIMITS.headSize}`,
+    );
+  }
+  const layerPositionWidth = config.nLayer * config.blockSize * config.nEmbd;
+  if (layerPositionWidth > CONFIG_LIMITS.layerPositionWidth) {
+    throw new MicroGPTError(
+      'ERR_INVALID_CONFIG',
+      `${source}: nLayer x blockSize x nEmbd (${layerPositionWidth}) must be at most ${CONFIG_LIMITS.layerPositionWidth}` +
+        " (a session's KV cache holds twice that many floats)",
+    );
+  }
+  const attentionScores = config.nLayer * config.nHead * config.blockSize * config.blockSize;
+  if (attentionScores > CONFIG_LIMITS.attentionScores) {
+    throw new MicroGPTError(
+      'ERR_INVALID_CONFIG',
+      `${source}: nLayer x nHead x blockSize^2 (${attentionScores}) must be at most ${CONFIG_LIMITS.attentionScores}` +
+        ' (the attention scores of a full-window pass)',
     );
   }
   const params = parameterCount(config);

@@ -26,10 +26,29 @@ export function invalidArgument(message: string): MicroGPTError {
 }
 
 export function badCheckpoint(source: string, message: string): MicroGPTError {
-  return new MicroGPTError('ERR_BAD_CHECKPOINT', `${source}: ${message}`);
+  // A path is printed as it is unless it holds a control character, which would break the line.
+  const shown = /[\u0000-\u001f\u007f]/.test(source) ? quote(source, 1024) : source;
+  return new MicroGPTError('ERR_BAD_CHECKPOINT', `${shown}: ${message}`);
 }
 
 /** Precision 'f16' asked of weights float16 cannot hold (the same words for every engine). */
 export function beyondFloat16(): MicroGPTError {
   return invalidArgument("precision 'f16': a weight is beyond float16's range (|w| >= 65520, or not finite); use precision 'f32'");
+}
+
+/**
+ * A name or string from a file or a caller, as it goes into a message: a JSON string (so a newline
+ * or a quote in it cannot break the message's one line), cut to `max` characters.
+ */
+export function quote(text: string, max = 80): string {
+  return JSON.stringify(text.length > max ? `${text.slice(0, max)}…` : text);
+}
+
+/** An options argument: undefined is no options; anything but a plain object is an error naming it. */
+export function optionsObject<T extends object>(value: T | undefined, name = 'options'): Partial<T> {
+  if (value === undefined) return {};
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) {
+    throw invalidArgument(`${name} must be an object, got ${value === null ? 'null' : Array.isArray(value) ? 'an array' : typeof value}`);
+  }
+  return value;
 }

@@ -2,8 +2,8 @@
  * Cross-entropy of a model over a text, measured by our own forward pass, so a checkpoint's quality
  * (and the README's figure for the bundled model) can be checked with the product itself.
  */
-import { invalidArgument } from './errors.js';
-import type { Model } from './model.js';
+import { invalidArgument, optionsObject } from './errors.js';
+import { Model } from './model.js';
 
 export interface EvaluateOptions {
   /**
@@ -35,10 +35,13 @@ export const MAX_EVAL_CHARACTERS = 256 * 1024 * 1024;
  * window i (0 <= i < floor((L - 1) / B)) predicts v[iB+1 .. iB+B] from v[iB .. iB+B-1]. The tail
  * shorter than a window is not scored. Characters outside the vocabulary are an error.
  */
-export async function evaluate(model: Model, text: string, options: EvaluateOptions = {}): Promise<Evaluation> {
+export async function evaluate(model: Model, text: string, options?: EvaluateOptions): Promise<Evaluation> {
+  if (!(model instanceof Model)) throw invalidArgument('model must be a Model (from loadModel or createModel)');
+  const { split = 'all', signal, onProgress } = optionsObject(options, 'evaluate options');
+  if (signal !== undefined && !(signal instanceof AbortSignal)) throw invalidArgument('signal must be an AbortSignal');
+  if (onProgress !== undefined && typeof onProgress !== 'function') throw invalidArgument('onProgress must be a function');
   if (typeof text !== 'string') throw invalidArgument(`text must be a string, got ${typeof text}`);
   if (text.length > MAX_EVAL_CHARACTERS) throw invalidArgument(`text has ${text.length} characters; evaluate reads at most ${MAX_EVAL_CHARACTERS}`);
-  const split = options.split ?? 'all';
   if (split !== 'all' && split !== 'val') throw invalidArgument(`split must be 'all' or 'val', got ${String(split)}`);
   let scored = text;
   if (split === 'val') {
@@ -54,7 +57,7 @@ export async function evaluate(model: Model, text: string, options: EvaluateOpti
   }
   let total = 0;
   for (let w = 0; w < windows; w++) {
-    options.signal?.throwIfAborted();
+    signal?.throwIfAborted();
     const logits = await model.logits(ids.slice(w * B, w * B + B));
     for (let t = 0; t < B; t++) {
       const row = logits.subarray(t * V, t * V + V);
@@ -65,7 +68,7 @@ export async function evaluate(model: Model, text: string, options: EvaluateOpti
       const target = ids[w * B + t + 1] as number;
       total += Math.log(sum) + max - (row[target] as number); // -log softmax(row)[target]
     }
-    options.onProgress?.(w + 1, windows);
+    onProgress?.(w + 1, windows);
     if (w % 8 === 7) await new Promise<void>((resolve) => setImmediate(resolve));
   }
   const tokens = windows * B;

@@ -1,6 +1,6 @@
 import { parameterCount, type ModelConfig } from './config.js';
 import type { BackendName, ModelRuntime, Precision } from './backends/types.js';
-import { MicroGPTError, invalidArgument } from './errors.js';
+import { MicroGPTError, invalidArgument, optionsObject } from './errors.js';
 import {
   checkPrompt,
   generateSample,
@@ -11,7 +11,7 @@ import {
   type GenerationResult,
 } from './generate.js';
 import type { EncodeOptions } from './tokenizer.js';
-import { CharTokenizer } from './tokenizer.js';
+import { CharTokenizer, checkIdList } from './tokenizer.js';
 
 /** Where a model came from, for `microgpt info` and diagnostics. */
 export interface ModelSourceInfo {
@@ -56,7 +56,6 @@ export class Model {
   }
 
   encode(text: string, options?: EncodeOptions): number[] {
-    if (typeof text !== 'string') throw invalidArgument(`text must be a string, got ${typeof text}`);
     return this.tokenizer.encode(text, options);
   }
 
@@ -79,7 +78,7 @@ export class Model {
 
   /** Like generate, with the token count and why it stopped. */
   async complete(prompt: string, options?: GenerateOptions): Promise<GenerationResult> {
-    const { promptIds, plan } = this.prepare(prompt, { ...options, numSamples: 1 });
+    const { promptIds, plan } = this.prepare(prompt, { ...optionsObject(options, 'generation options'), numSamples: 1 });
     return drain(generateSample(this.live(), this.tokenizer, promptIds, plan, 0));
   }
 
@@ -102,7 +101,7 @@ export class Model {
    * Options are checked now; the generator's return value is the GenerationResult.
    */
   stream(prompt: string, options?: GenerateOptions): AsyncGenerator<string, GenerationResult, void> {
-    const { promptIds, plan } = this.prepare(prompt, { ...options, numSamples: 1 });
+    const { promptIds, plan } = this.prepare(prompt, { ...optionsObject(options, 'generation options'), numSamples: 1 });
     return generateSample(this.live(), this.tokenizer, promptIds, plan, 0);
   }
 
@@ -120,9 +119,7 @@ export class Model {
   }
 
   private checkIds(ids: ArrayLike<number>): Int32Array {
-    if (ids === null || typeof ids !== 'object' || typeof ids.length !== 'number') {
-      throw invalidArgument('ids must be an array of token ids');
-    }
+    checkIdList(ids);
     const { blockSize, vocabSize } = this.config;
     if (ids.length < 1 || ids.length > blockSize) {
       throw invalidArgument(`ids must hold 1 to blockSize (${blockSize}) token ids, got ${ids.length}`);

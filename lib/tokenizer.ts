@@ -1,4 +1,4 @@
-import { MicroGPTError, invalidArgument } from './errors.js';
+import { MicroGPTError, invalidArgument, optionsObject, quote } from './errors.js';
 
 export interface EncodeOptions {
   /** What to do with a character the vocabulary lacks: 'error' (default) or 'drop' it silently. */
@@ -16,11 +16,12 @@ export class CharTokenizer {
   private readonly stoi: Map<string, number>;
 
   constructor(vocab: readonly string[]) {
+    if (!Array.isArray(vocab)) throw invalidArgument(`vocabulary must be an array of characters, got ${vocab === null ? 'null' : typeof vocab}`);
     if (vocab.length === 0) throw invalidArgument('vocabulary is empty');
     const stoi = new Map<string, number>();
     vocab.forEach((ch, id) => {
       if (typeof ch !== 'string' || [...ch].length !== 1) {
-        throw invalidArgument(`vocabulary entry ${id} must be a single character, got ${JSON.stringify(ch)}`);
+        throw invalidArgument(`vocabulary entry ${id} must be a single character, got ${typeof ch === 'string' ? quote(ch) : typeof ch}`);
       }
       if (stoi.has(ch)) throw invalidArgument(`vocabulary holds ${JSON.stringify(ch)} twice (ids ${stoi.get(ch)} and ${id})`);
       stoi.set(ch, id);
@@ -40,8 +41,11 @@ export class CharTokenizer {
     return this.vocab.length;
   }
 
-  encode(text: string, options: EncodeOptions = {}): number[] {
-    const drop = options.unknown === 'drop';
+  encode(text: string, options?: EncodeOptions): number[] {
+    if (typeof text !== 'string') throw invalidArgument(`text must be a string, got ${text === null ? 'null' : typeof text}`);
+    const unknown = optionsObject(options, 'encode options').unknown ?? 'error';
+    if (unknown !== 'error' && unknown !== 'drop') throw invalidArgument(`unknown must be 'error' or 'drop', got ${String(unknown)}`);
+    const drop = unknown === 'drop';
     const ids: number[] = [];
     let position = 0; // in characters (code points), which is what a user counts
     for (const ch of text) {
@@ -60,6 +64,7 @@ export class CharTokenizer {
   }
 
   decode(ids: ArrayLike<number>): string {
+    checkIdList(ids);
     let out = '';
     for (let i = 0; i < ids.length; i++) out += this.token(ids[i] as number);
     return out;
@@ -68,8 +73,17 @@ export class CharTokenizer {
   /** The text of one token id. */
   token(id: number): string {
     const ch = Number.isInteger(id) ? this.vocab[id] : undefined;
-    if (ch === undefined) throw invalidArgument(`token id ${id} is outside the vocabulary (0..${this.size - 1})`);
+    if (ch === undefined) throw invalidArgument(`token id ${typeof id === 'number' ? id : typeof id} is outside the vocabulary (0..${this.size - 1})`);
     return ch;
+  }
+}
+
+/** An array (or typed array) of ids: something with a length that is a count. */
+export function checkIdList(ids: unknown, name = 'ids'): asserts ids is ArrayLike<number> {
+  if (typeof ids !== 'object' || ids === null) throw invalidArgument(`${name} must be an array of token ids, got ${ids === null ? 'null' : typeof ids}`);
+  const { length } = ids as { length?: unknown };
+  if (typeof length !== 'number' || !Number.isSafeInteger(length) || length < 0) {
+    throw invalidArgument(`${name} must be an array of token ids (its length is ${String(length)})`);
   }
 }
 

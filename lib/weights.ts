@@ -1,5 +1,5 @@
-import type { ModelConfig } from './config.js';
-import { badCheckpoint } from './errors.js';
+import { describe, type ModelConfig } from './config.js';
+import { badCheckpoint, invalidArgument, quote } from './errors.js';
 import { roundToFloat16 } from './formats/dtype.js';
 
 /** A dense row-major float32 tensor. */
@@ -122,7 +122,7 @@ export function assembleWeights(config: ModelConfig, tensors: ReadonlyMap<string
   const expected = expectedTensors(config);
   for (const name of tensors.keys()) {
     if (!expected.has(name)) {
-      throw badCheckpoint(source, `unexpected tensor "${name}" for a model with ${describeConfig(config)}`);
+      throw badCheckpoint(source, `unexpected tensor ${quote(name)} for a model with ${describeConfig(config)}`);
     }
   }
   const get = (name: string): Float32Array => {
@@ -130,17 +130,21 @@ export function assembleWeights(config: ModelConfig, tensors: ReadonlyMap<string
     const tensor = tensors.get(name);
     if (shape === undefined) throw new Error(`internal: ${name} is not a parameter`);
     if (tensor === undefined) {
-      throw badCheckpoint(source, `missing tensor "${name}" (expected shape [${shape.join(', ')}])`);
+      throw badCheckpoint(source, `missing tensor ${quote(name)} (expected shape [${shape.join(', ')}])`);
     }
     if (!sameShape(tensor.shape, shape)) {
       throw badCheckpoint(
         source,
-        `tensor "${name}" has shape [${tensor.shape.join(', ')}], expected [${shape.join(', ')}] for ${describeConfig(config)}`,
+        `tensor ${quote(name)} has shape [${tensor.shape.join(', ')}], expected [${shape.join(', ')}] for ${describeConfig(config)}`,
       );
+    }
+    const size = shape.reduce((a, b) => a * b, 1);
+    if (tensor.data.length !== size) {
+      throw badCheckpoint(source, `tensor ${quote(name)} holds ${tensor.data.length} values, not the ${size} of its shape`);
     }
     const bad = firstNonFinite(tensor.data);
     if (bad >= 0) {
-      throw badCheckpoint(source, `tensor "${name}" holds ${tensor.data[bad]} at flat index ${bad}; weights must be finite`);
+      throw badCheckpoint(source, `tensor ${quote(name)} holds ${tensor.data[bad]} at flat index ${bad}; weights must be finite`);
     }
     return tensor.data;
   };
@@ -172,35 +176,66 @@ export function assembleWeights(config: ModelConfig, tensors: ReadonlyMap<string
   };
 }
 
-/** The inverse of assembleWeights: nanoGPT names and shapes, in state_dict order, for writers. */
+/** LayerWeights' fields and the nanoGPT names they hold, in state_dict order. */
+const LAYER_FIELDS: readonly (readonly [keyof LayerWeights, string])[] = [
+  ['ln1Weight', 'ln_1.weight'],
+  ['ln1Bias', 'ln_1.bias'],
+  ['attnWeight', 'attn.c_attn.weight'],
+  ['attnBias', 'attn.c_attn.bias'],
+  ['attnProjWeight', 'attn.c_proj.weight'],
+  ['attnProjBias', 'attn.c_proj.bias'],
+  ['ln2Weight', 'ln_2.weight'],
+  ['ln2Bias', 'ln_2.bias'],
+  ['mlpFcWeight', 'mlp.c_fc.weight'],
+  ['mlpFcBias', 'mlp.c_fc.bias'],
+  ['mlpProjWeight', 'mlp.c_proj.weight'],
+  ['mlpProjBias', 'mlp.c_proj.bias'],
+];
+
+/**
+ * The inverse of assembleWeights: nanoGPT names and shapes, in state_dict order, for writers and
+ * createModel. `weights` may come from a caller, so every field is checked (a Float32Array of
+ * exactly its shape's size, null for a bias exactly when config.bias is false) and an error names
+ * the field.
+ */
 export function namedTensors(config: ModelConfig, weights: ModelWeights): Map<string, Tensor> {
-  const flat = new Map<string, Float32Array>();
-  flat.set('transformer.wte.weight', weights.wte);
-  flat.set('transformer.wpe.weight', weights.wpe);
-  weights.layers.forEach((l, i) => {
-    const p = `transformer.h.${i}`;
-    const put = (name: string, data: Float32Array | null) => {
-      if (data !== null) flat.set(`${p}.${name}`, data);
-    };
-    put('ln_1.weight', l.ln1Weight);
-    put('ln_1.bias', l.ln1Bias);
-    put('attn.c_attn.weight', l.attnWeight);
-    put('attn.c_attn.bias', l.attnBias);
-    put('attn.c_proj.weight', l.attnProjWeight);
-    put('attn.c_proj.bias', l.attnProjBias);
-    put('ln_2.weight', l.ln2Weight);
-    put('ln_2.bias', l.ln2Bias);
-    put('mlp.c_fc.weight', l.mlpFcWeight);
-    put('mlp.c_fc.bias', l.mlpFcBias);
-    put('mlp.c_proj.weight', l.mlpProjWeight);
-    put('mlp.c_proj.bias', l.mlpProjBias);
+  const flat = new Map<string, Float32Array | null>();
+  const fieldOf = new Map<string, string>();
+  const record = (w: unknown, what: string): Record<string, unknown> => {
+    if (typeof w !== 'object' || w === null) throw invalidArgument(`${what} must be an object, got ${describe(w)}`);
+    return w as Record<string, unknown>;
+  };
+  const put = (name: string, field: string, value: unknown) => {
+    flat.set(name, value as Float32Array | null);
+    fieldOf.set(name, field);
+  };
+  const w = record(weights, 'weights');
+  put('transformer.wte.weight', 'weights.wte', w['wte']);
+  put('transformer.wpe.weight', 'weights.wpe', w['wpe']);
+  const layers = w['layers'];
+  if (!Array.isArray(layers) || layers.length !== config.nLayer) {
+    throw invalidArgument(`weights.layers must be an array of nLayer (${config.nLayer}) layers, got ${Array.isArray(layers) ? `${layers.length}` : describe(layers)}`);
+  }
+  layers.forEach((layer: unknown, i) => {
+    const l = record(layer, `weights.layers[${i}]`);
+    for (const [field, name] of LAYER_FIELDS) put(`transformer.h.${i}.${name}`, `weights.layers[${i}].${field}`, l[field]);
   });
-  flat.set('transformer.ln_f.weight', weights.lnfWeight);
-  if (weights.lnfBias !== null) flat.set('transformer.ln_f.bias', weights.lnfBias);
+  put('transformer.ln_f.weight', 'weights.lnfWeight', w['lnfWeight']);
+  put('transformer.ln_f.bias', 'weights.lnfBias', w['lnfBias']);
+  const expected = expectedTensors(config);
+  for (const [name, data] of flat) {
+    if (!expected.has(name) && data !== null && data !== undefined) {
+      throw invalidArgument(`${fieldOf.get(name) as string} must be null for a model without biases (config.bias is false)`);
+    }
+  }
   const out = new Map<string, Tensor>();
-  for (const [name, shape] of expectedTensors(config)) {
+  for (const [name, shape] of expected) {
     const data = flat.get(name);
-    if (data === undefined) throw new Error(`internal: weights lack ${name}`);
+    const size = shape.reduce((a, b) => a * b, 1);
+    if (!(data instanceof Float32Array) || data.length !== size) {
+      const got = data instanceof Float32Array ? `a Float32Array of ${data.length}` : describe(data);
+      throw invalidArgument(`${fieldOf.get(name) as string} must be a Float32Array of ${size} elements (shape [${shape.join(', ')}]), got ${got}`);
+    }
     out.set(name, { shape, data });
   }
   return out;
