@@ -11,29 +11,25 @@ import { expected, fixture, randomTestWeights, runChild } from './helpers.js';
 const VOCAB = Array.from({ length: 65 }, (_, i) => String.fromCharCode(48 + i));
 
 describe('the event loop stays free', () => {
-  test('a 10ms timer never waits more than ~50 ms during a long generation (6 layers x 384, block 256)', async (t) => {
+  test('the main thread stays mostly idle and a 10 ms timer keeps ticking during a long generation (6 layers x 384, block 256)', async (t) => {
     const config: ModelConfig = { vocabSize: 65, blockSize: 256, nLayer: 6, nHead: 6, nEmbd: 384, bias: true };
     const model = await createModel(config, randomTestWeights(config, 7), VOCAB, { backend: 'native' });
     assert.equal(model.backend, 'native');
-    let last = performance.now();
-    let worst = 0;
     let ticks = 0;
-    const timer = setInterval(() => {
-      const now = performance.now();
-      worst = Math.max(worst, now - last);
-      last = now;
-      ticks++;
-    }, 10);
+    const timer = setInterval(() => ticks++, 10);
     // A long prompt, then past blockSize: every step after the window fills is a full prefill.
     const started = performance.now();
+    const before = performance.eventLoopUtilization();
     const text = await model.generate('0'.repeat(200), { maxNewTokens: 120, temperature: 1, seed: 1 });
+    const busy = performance.eventLoopUtilization(before);
     const elapsed = performance.now() - started;
     clearInterval(timer);
     model.dispose();
     assert.equal(text.length, 120);
-    t.diagnostic(`${ticks} ticks in ${elapsed.toFixed(0)} ms, longest wait ${worst.toFixed(1)} ms`);
+    t.diagnostic(`${ticks} ticks in ${elapsed.toFixed(0)} ms, event loop busy ${(100 * busy.utilization).toFixed(1)} % of the time`);
+    // Passes on the main thread would keep its event loop busy nearly all the time (the js engine: > 95 %).
+    assert.ok(busy.utilization < 0.5, `the event loop was busy ${(100 * busy.utilization).toFixed(1)} % of the generation`);
     assert.ok(ticks >= Math.floor(elapsed / 10) / 3, `only ${ticks} ticks in ${elapsed.toFixed(0)} ms`);
-    assert.ok(worst < 50, `the timer waited ${worst.toFixed(1)} ms`);
   });
 });
 
@@ -52,6 +48,10 @@ describe("libuv's thread pool stays free", () => {
       const model = await createModel(config, randomWeights(config), vocab, { backend: 'native' });
       // Past blockSize from the first token: every step is a full-block prefill.
       const prompt = Array.from({ length: 511 }, (_, i) => vocab[i % 65]).join('');
+      // What a stat costs here with nothing running, to tell the passes apart from it.
+      const idle = [];
+      for (let i = 0; i < 20; i++) { const t = performance.now(); await stat('.'); idle.push(performance.now() - t); }
+      idle.sort((a, b) => a - b);
       let running = true;
       const started = performance.now();
       const generation = model.generate(prompt, { maxNewTokens: 6, temperature: 1, seed: 1 }).then(() => { running = false; });
@@ -66,15 +66,17 @@ describe("libuv's thread pool stays free", () => {
       const msPerPass = (performance.now() - started) / 6;
       model.dispose();
       waits.sort((a, b) => a - b);
-      console.log(JSON.stringify({ calls: waits.length, p90: waits[Math.floor(waits.length * 0.9)], msPerPass }));`,
+      console.log(JSON.stringify({ calls: waits.length, p90: waits[Math.floor(waits.length * 0.9)], msPerPass, idleMedian: idle[10] }));`,
       { UV_THREADPOOL_SIZE: '1' },
     );
     assert.equal(r.status, 0, r.stderr);
-    const { calls, p90, msPerPass } = JSON.parse(r.stdout) as { calls: number; p90: number; msPerPass: number };
-    t.diagnostic(`${calls} stat calls, 90th percentile ${p90.toFixed(2)} ms, passes of ${msPerPass.toFixed(0)} ms`);
-    assert.ok(msPerPass > 50, `passes of ${msPerPass.toFixed(0)} ms are too short to tell`);
+    const { calls, p90, msPerPass, idleMedian } = JSON.parse(r.stdout) as { calls: number; p90: number; msPerPass: number; idleMedian: number };
+    t.diagnostic(`${calls} stat calls, 90th percentile ${p90.toFixed(2)} ms (idle ${idleMedian.toFixed(3)} ms), passes of ${msPerPass.toFixed(0)} ms`);
+    // Both measured in the same run: the test can tell only where a pass is far longer than a stat.
+    assert.ok(msPerPass > 20 * idleMedian, `passes of ${msPerPass.toFixed(1)} ms are too short next to a ${idleMedian.toFixed(2)} ms stat`);
     assert.ok(calls >= 5);
-    assert.ok(p90 < 20, `stat took ${p90.toFixed(1)} ms (90th percentile) while passes of ${msPerPass.toFixed(0)} ms ran`);
+    // Behind a pass, a stat would wait for a good part of it; beside it, about what it costs idle.
+    assert.ok(p90 < msPerPass / 4, `stat took ${p90.toFixed(1)} ms (90th percentile) while passes of ${msPerPass.toFixed(0)} ms ran`);
   });
 });
 
