@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <chrono>
 #include <limits>
+#include <string>
+#include <system_error>
 #include <vector>
 
 #if defined(__x86_64__) || defined(_M_X64)
@@ -52,10 +54,24 @@ bool ThreadPool::spin_until(const Done& done, bool busy) const {
   }
 }
 
+static_assert(ThreadPool::kMaxThreads <= static_cast<int>(kThreadsMask), "a run's thread count fits its field");
+
 ThreadPool::ThreadPool(int n_threads)
-    : n_threads_(std::max(1, std::min(n_threads, static_cast<int>(kThreadsMask)))), sleepers_(new Sleeper[n_threads_]) {
+    : n_threads_(std::max(1, std::min(n_threads, kMaxThreads))), sleepers_(new Sleeper[n_threads_]) {
   workers_.reserve(n_threads_ - 1);
-  for (int i = 1; i < n_threads_; i++) workers_.emplace_back([this, i] { worker(i); });
+  // A worker that started uses this object's members: stop and join it before they go, or an
+  // unwinding constructor would destroy joinable threads (std::terminate) and free what they use.
+  try {
+    for (int i = 1; i < n_threads_; i++) workers_.emplace_back([this, i] { worker(i); });
+  } catch (const std::system_error& e) {
+    const int running = static_cast<int>(workers_.size()) + 1;  // the caller is one of them
+    stop_workers();
+    throw std::system_error(e.code(), "could not start compute thread " + std::to_string(running + 1) + " of " +
+                                          std::to_string(n_threads_));
+  } catch (...) {
+    stop_workers();
+    throw;
+  }
   if (n_threads_ > 1) {
     barrier_seconds_ = std::numeric_limits<double>::infinity();
     calibrate(64);
@@ -77,13 +93,16 @@ void ThreadPool::calibrate(int runs) {
   barrier_seconds_ = std::min(barrier_seconds_, seconds[seconds.size() / 2]);
 }
 
-ThreadPool::~ThreadPool() {
+ThreadPool::~ThreadPool() { stop_workers(); }
+
+void ThreadPool::stop_workers() {
   {
     std::lock_guard<std::mutex> lock(mutex_);
     stop_.store(true);
   }
   for (int i = 1; i < n_threads_; i++) sleepers_[i].ready.notify_one();
   for (auto& t : workers_) t.join();
+  workers_.clear();
 }
 
 void ThreadPool::wake(int n) {

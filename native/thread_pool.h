@@ -22,6 +22,14 @@ namespace microgpt {
 
 class ThreadPool {
  public:
+  // The most threads a pool has (more are clamped; the binding refuses them): past a few dozen,
+  // a split's barrier costs more than the threads add, and each thread reserves a stack (8 MB
+  // of address space by default), so a mistyped count could exhaust a process.
+  static constexpr int kMaxThreads = 256;
+
+  // Starts n_threads - 1 workers. If one cannot be started (the OS is out of threads or of
+  // address space), those already running are stopped and joined, and std::system_error is
+  // thrown with what() naming the thread that failed and the count asked for.
   explicit ThreadPool(int n_threads);
   ~ThreadPool();
   ThreadPool(const ThreadPool&) = delete;
@@ -78,6 +86,8 @@ class ThreadPool {
   void run_erased(int n, Task task, void* ctx);
   void worker(int index);
   void set_busy(int width);
+  // Stops the workers started so far and joins them.
+  void stop_workers();
   // Wakes the sleeping workers among [1, n) (the mutex is taken once, only if one sleeps).
   void wake(int n);
   template <typename Done>
