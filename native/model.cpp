@@ -82,15 +82,54 @@ std::vector<size_t> tensor_sizes(const Config& c) {
   return sizes;
 }
 
+uint64_t parameter_count(const Config& c) {
+  const uint64_t C = static_cast<uint64_t>(c.n_embd), b = c.bias ? 1 : 0;
+  const uint64_t layer_norm = C + b * C;
+  const uint64_t per_layer = 2 * layer_norm + 3 * C * C + b * 3 * C + C * C + b * C + 4 * C * C + b * 4 * C +
+                             4 * C * C + b * C;
+  return static_cast<uint64_t>(c.vocab_size) * C + static_cast<uint64_t>(c.block_size) * C +
+         static_cast<uint64_t>(c.n_layer) * per_layer + layer_norm;
+}
+
 std::string check_config(const Config& c) {
-  if (c.vocab_size < 1 || c.block_size < 1 || c.n_layer < 1 || c.n_head < 1 || c.n_embd < 1) {
-    return "vocabSize, blockSize, nLayer, nHead and nEmbd must be positive";
+  struct Field {
+    const char* name;
+    int value;
+    int64_t limit;
+  };
+  const Field fields[] = {{"vocabSize", c.vocab_size, ConfigLimits::vocab_size},
+                          {"blockSize", c.block_size, ConfigLimits::block_size},
+                          {"nLayer", c.n_layer, ConfigLimits::n_layer},
+                          {"nHead", c.n_head, ConfigLimits::n_head},
+                          {"nEmbd", c.n_embd, ConfigLimits::n_embd}};
+  for (const Field& f : fields) {
+    if (f.value < 1 || f.value > f.limit) {
+      return std::string(f.name) + " must be an integer from 1 to " + std::to_string(f.limit) + ", got " +
+             std::to_string(f.value);
+    }
   }
-  if (c.n_embd % c.n_head != 0) return "nEmbd must be a multiple of nHead";
-  if (c.n_embd > 16384 || c.block_size > 65536 || c.vocab_size > 1114112 || c.n_layer > 256) {
-    return "the config exceeds microgpt's limits (CONFIG_LIMITS)";
+  if (c.n_embd % c.n_head != 0) {
+    return "nEmbd (" + std::to_string(c.n_embd) + ") must be a multiple of nHead (" + std::to_string(c.n_head) + ")";
   }
-  // 4C x 4C fits an int; block_size x 4C rows of activations must index within size_t (they do).
+  if (c.n_embd / c.n_head > ConfigLimits::head_size) {
+    return "head size nEmbd / nHead (" + std::to_string(c.n_embd / c.n_head) + ") must be at most " +
+           std::to_string(ConfigLimits::head_size);
+  }
+  const int64_t width = static_cast<int64_t>(c.n_layer) * c.block_size * c.n_embd;
+  if (width > ConfigLimits::layer_position_width) {
+    return "nLayer x blockSize x nEmbd (" + std::to_string(width) + ") must be at most " +
+           std::to_string(ConfigLimits::layer_position_width) + " (a session's KV cache holds twice that many floats)";
+  }
+  const int64_t scores = static_cast<int64_t>(c.n_layer) * c.n_head * c.block_size * c.block_size;
+  if (scores > ConfigLimits::attention_scores) {
+    return "nLayer x nHead x blockSize^2 (" + std::to_string(scores) + ") must be at most " +
+           std::to_string(ConfigLimits::attention_scores) + " (the attention scores of a full-window pass)";
+  }
+  const uint64_t parameters = parameter_count(c);
+  if (parameters > static_cast<uint64_t>(ConfigLimits::parameters)) {
+    return std::to_string(parameters) + " parameters is more than microgpt supports (" +
+           std::to_string(ConfigLimits::parameters) + ")";
+  }
   return "";
 }
 
@@ -389,6 +428,7 @@ PooledKVCache Model::kv_cache() {
   if (!cache) {
     cache = std::make_unique<KVCache>(new_kv_cache());
     caches_allocated_.fetch_add(1, std::memory_order_relaxed);
+    cache_pool_->made();
   }
   return PooledKVCache(cache.release(), KVCacheReturn{cache_pool_});
 }
@@ -402,8 +442,15 @@ std::unique_ptr<KVCache> KVCachePool::take() {
 }
 
 void KVCachePool::give(std::unique_ptr<KVCache> cache) {
-  std::lock_guard<std::mutex> lock(mutex_);
-  if (open_ && free_.size() < keep_) free_.push_back(std::move(cache));
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (open_ && free_.size() < keep_) {
+      free_.push_back(std::move(cache));
+      return;
+    }
+  }
+  cache.reset();
+  live_.fetch_sub(1, std::memory_order_relaxed);
 }
 
 void KVCachePool::close() {
@@ -413,6 +460,7 @@ void KVCachePool::close() {
     open_ = false;
     held.swap(free_);
   }
+  live_.fetch_sub(held.size(), std::memory_order_relaxed);
 }
 
 void Model::run(ForwardRequest* const* requests, int n) {

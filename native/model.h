@@ -30,6 +30,30 @@ struct Config {
   bool bias = false;
 };
 
+// Bounds on a config, so that a small hostile or mistyped file cannot ask for absurd memory or
+// compute: what nanoGPT-class models need, with room (gpt2-xl is 48 layers, 25 heads, 1600 wide,
+// block 1024). The same table as lib/config.ts's CONFIG_LIMITS: the addon exports it as
+// `configLimits`, and a test holds the two equal; check_config() applies it. At these limits
+// every count the engine computes fits its type: sizes and offsets of tensors, caches and scratch
+// are size_t, and what stays int (C, 4C, vocab_size, positions, panels) is below 2^31.
+struct ConfigLimits {
+  static constexpr int64_t vocab_size = 1114112;  // every Unicode code point
+  static constexpr int64_t block_size = 4096;
+  static constexpr int64_t n_layer = 64;
+  static constexpr int64_t n_head = 64;
+  static constexpr int64_t n_embd = 8192;
+  static constexpr int64_t head_size = 512;  // n_embd / n_head
+  // Float32 parameters (the tied lm_head counted once): keeps every tensor index inside a JS
+  // number and a Float32Array.
+  static constexpr int64_t parameters = int64_t{1} << 31;
+  // n_layer * block_size * n_embd: a full KV cache holds twice this many floats (2 GiB at the
+  // limit), whatever the size of the file.
+  static constexpr int64_t layer_position_width = int64_t{1} << 28;
+  // n_layer * n_head * block_size^2: the attention scores of a full-window pass, the one cost
+  // that does not grow with the weights.
+  static constexpr int64_t attention_scores = int64_t{1} << 32;
+};
+
 // Memory for an AlignedBuffer: `bytes` aligned to `align` (64, or 2 MB for huge pages). Buffers
 // of 64 KB or more come straight from the OS (mmap, where there is one) and go straight back to it
 // when freed. Through malloc, freed weights and caches stayed in its heaps: a test that loads and
@@ -153,17 +177,24 @@ struct KVCache {
 class KVCachePool {
  public:
   static constexpr size_t kKeepBytes = size_t{64} << 20;
-  explicit KVCachePool(size_t cache_bytes) : keep_(std::max<size_t>(1, kKeepBytes / std::max<size_t>(1, cache_bytes))) {}
+  explicit KVCachePool(size_t cache_bytes)
+      : keep_(std::max<size_t>(1, kKeepBytes / std::max<size_t>(1, cache_bytes))), cache_bytes_(cache_bytes) {}
   // A cache from the pool, or null when it holds none.
   std::unique_ptr<KVCache> take();
+  // Counts a cache made for this pool's model: one more that exists (see live_bytes).
+  void made() { live_.fetch_add(1, std::memory_order_relaxed); }
   void give(std::unique_ptr<KVCache> cache);
   // The model is gone: free what is held, and free whatever comes back from now on.
   void close();
+  // Bytes of this model's caches that exist: on loan or held here.
+  size_t live_bytes() const { return live_.load(std::memory_order_relaxed) * cache_bytes_; }
 
  private:
   std::mutex mutex_;
   std::vector<std::unique_ptr<KVCache>> free_;
   const size_t keep_;
+  const size_t cache_bytes_;
+  std::atomic<size_t> live_{0};
   bool open_ = true;
 };
 
@@ -201,8 +232,11 @@ struct BatchStats {
 
 // Expected element count of each input tensor, in binding order; 0 where a bias is absent.
 std::vector<size_t> tensor_sizes(const Config& c);
-// Rejects configs the engine cannot run (non-positive sizes, C not a multiple of n_head, ...).
+// Why the engine cannot run `c` (a size not positive or beyond ConfigLimits, C not a multiple of
+// n_head, ...), in one sentence naming the field; empty when it can.
 std::string check_config(const Config& c);
+// Float32 parameters of `c`, the tied lm_head counted once (lib/config.ts: parameterCount).
+uint64_t parameter_count(const Config& c);
 
 class Model {
  public:
@@ -220,6 +254,11 @@ class Model {
   int threads() const { return pool_.size(); }
   // The precision the matrices are kept in (f32 or f16, never automatic).
   Precision precision() const { return w_.f16 ? Precision::f16 : Precision::f32; }
+  // Native memory the model holds: its weights and the KV caches it has made that still exist.
+  // (Scratch is left out: it is committed only as passes use it.) Thread-safe.
+  size_t memory_bytes() const {
+    return w_.storage.size() * sizeof(float) + w_.half_storage.size() * sizeof(uint16_t) + cache_pool_->live_bytes();
+  }
 
   // A cache for positions 0..block_size-1, reused from an earlier session where one was freed.
   // Its contents are stale: a pass reads positions below its request's start only, which that
