@@ -6,6 +6,8 @@
 #include <vector>
 
 #include "kernels.h"
+#include "model.h"
+#include "thread_pool.h"
 
 namespace microgpt {
 
@@ -73,14 +75,57 @@ Napi::Value self_check(const Napi::CallbackInfo& info) {
   return info.Env().Null();
 }
 
+// The external memory V8 has been told of through napi_adjust_external_memory (by every addon
+// of this isolate), in bytes: what the models report (Handle::report_memory), for the tests.
+// process.memoryUsage().external does not show it: that counts ArrayBuffers.
+Napi::Value external_memory(const Napi::CallbackInfo& info) {
+  int64_t total = 0;
+  napi_status status = napi_adjust_external_memory(info.Env(), 0, &total);
+  if (status != napi_ok) throw Napi::Error::New(info.Env(), "napi_adjust_external_memory failed");
+  return Napi::Number::New(info.Env(), static_cast<double>(total));
+}
+
+// ConfigLimits under lib/config.ts's names, so that a test can check the two agree.
+Napi::Object config_limits(Napi::Env env) {
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("vocabSize", Napi::Number::New(env, static_cast<double>(ConfigLimits::vocab_size)));
+  o.Set("blockSize", Napi::Number::New(env, static_cast<double>(ConfigLimits::block_size)));
+  o.Set("nLayer", Napi::Number::New(env, static_cast<double>(ConfigLimits::n_layer)));
+  o.Set("nHead", Napi::Number::New(env, static_cast<double>(ConfigLimits::n_head)));
+  o.Set("nEmbd", Napi::Number::New(env, static_cast<double>(ConfigLimits::n_embd)));
+  o.Set("headSize", Napi::Number::New(env, static_cast<double>(ConfigLimits::head_size)));
+  o.Set("parameters", Napi::Number::New(env, static_cast<double>(ConfigLimits::parameters)));
+  o.Set("layerPositionWidth", Napi::Number::New(env, static_cast<double>(ConfigLimits::layer_position_width)));
+  o.Set("attentionScores", Napi::Number::New(env, static_cast<double>(ConfigLimits::attention_scores)));
+  o.Freeze();
+  return o;
+}
+
 class Addon : public Napi::Addon<Addon> {
  public:
   Addon(Napi::Env env, Napi::Object exports) {
+    // Hooks run newest first, so this one runs before Node-API finalizes our objects.
+    auto* flag = new std::shared_ptr<bool>(data_.tearing_down);
+    napi_status status = napi_add_env_cleanup_hook(
+        env,
+        [](void* arg) {
+          auto* flag = static_cast<std::shared_ptr<bool>*>(arg);
+          **flag = true;
+          delete flag;
+        },
+        flag);
+    if (status != napi_ok) {
+      delete flag;
+      throw Napi::Error::New(env, "microgpt: could not register the environment's cleanup hook");
+    }
     register_model_classes(env, exports, &data_);
     exports.Set("cpu", Napi::Function::New(env, cpu_info, "cpu"));
     exports.Set("selfCheck", Napi::Function::New(env, self_check, "selfCheck"));
+    exports.Set("externalMemory", Napi::Function::New(env, external_memory, "externalMemory"));
     exports.Set("testing", make_testing(env));
     exports.Set("napiVersion", Napi::Number::New(env, NAPI_VERSION));
+    exports.Set("configLimits", config_limits(env));
+    exports.Set("maxThreads", Napi::Number::New(env, ThreadPool::kMaxThreads));
   }
   AddonData data_;
 };

@@ -33,7 +33,11 @@ Engine::Engine(Napi::Env env) : core_(std::make_shared<Core>()), env_(env) {
     core_->thread = std::thread([core] { core->loop(); });
   } catch (const std::system_error& e) {
     core_->shut_down();
-    throw Napi::Error::New(env, std::string("could not start the native engine's thread: ") + e.what());
+    Napi::Error error = Napi::Error::New(env, std::string("could not start the model's engine thread (") + e.what() +
+                                                  "): the process is out of threads or address space; ask for fewer "
+                                                  "threads, or dispose of other models");
+    error.Set("code", Napi::String::New(env, "ERR_INVALID_ARGUMENT"));
+    throw error;
   }
 }
 
@@ -109,7 +113,11 @@ void Engine::run(std::vector<Group>& groups) {
 
 void Engine::call_js(napi_env env, napi_value, void* context, void*) {
   if (env == nullptr) return;  // the environment is going away; shut_down() drops the groups
-  (*static_cast<std::shared_ptr<Core>*>(context))->settle(Napi::Env(env));
+  // A C callback: nothing may leave it (settle() already keeps JavaScript's errors in).
+  try {
+    (*static_cast<std::shared_ptr<Core>*>(context))->settle(Napi::Env(env));
+  } catch (...) {
+  }
 }
 
 void Engine::finalize(napi_env, void* data, void*) {
@@ -131,7 +139,8 @@ void Engine::Core::settle(Napi::Env env) {
     for (auto& e : g.entries) {
       const std::string& error = e->error.empty() ? e->request.error : e->error;
       // Nothing may throw out of a thread-safe function's callback: a JS exception here would
-      // end the process.
+      // end the process. Once the environment is stopping, every Node-API call fails: the
+      // promises then stay unsettled, as nobody can see them any more.
       try {
         if (e->on_settled) e->on_settled(error.empty());
         if (error.empty()) {

@@ -20,8 +20,6 @@
 // main thread.
 #pragma once
 
-#include <napi.h>
-
 #include <atomic>
 #include <condition_variable>
 #include <deque>
@@ -32,6 +30,7 @@
 #include <thread>
 #include <vector>
 
+#include "addon.h"  // napi.h, as every file includes it
 #include "model.h"
 
 namespace microgpt {
@@ -60,7 +59,7 @@ struct PassEntry {
 class Engine {
  public:
   // Main thread, once the model is loaded. Throws a JS error if the thread-safe function cannot
-  // be made.
+  // be made, or the thread started (then with code ERR_INVALID_ARGUMENT: ask for fewer threads).
   explicit Engine(Napi::Env env);
   // Main thread. Joins the thread (after the pass it may be running).
   ~Engine();

@@ -1,6 +1,6 @@
-// The Model and Session classes JavaScript sees. Loading runs on a Napi::AsyncWorker; every
-// forward pass runs on the model's Engine (addon_engine.h), a thread of its own, and settles a
-// Promise: the event loop never waits for a kernel.
+// The Model and Session classes JavaScript sees. The weights are copied on the main thread and
+// packed on a Napi::AsyncWorker; every forward pass runs on the model's Engine (addon_engine.h),
+// a thread of its own, and settles a Promise: the event loop never waits for a kernel.
 //
 // Batching: each call queues a group of requests (Model.prefillMany: one per session; a plain
 // prefill or forward: one), and the engine runs everything queued by the time it is free through
@@ -19,6 +19,7 @@
 #include <memory>
 #include <stdexcept>
 #include <string>
+#include <system_error>
 #include <vector>
 
 #include "addon.h"
@@ -36,13 +37,62 @@ struct Handle {
   std::unique_ptr<Engine> engine;  // where its passes run; made with the model
   bool loading = false;
   bool disposed = false;
+
+  napi_env env;
+  std::shared_ptr<bool> tearing_down;  // the environment's (AddonData)
+  int64_t reported_bytes = 0;          // what V8 was last told this model holds
+
+  Handle(napi_env e, std::shared_ptr<bool> teardown) : env(e), tearing_down(std::move(teardown)) {}
+  ~Handle() {
+    model.reset();
+    report_memory();
+  }
+  Handle(const Handle&) = delete;
+  Handle& operator=(const Handle&) = delete;
+
+  // Tells V8 how much native memory the model holds (Model::memory_bytes: weights, KV caches),
+  // as the change since it was last told, so that its collector weighs the small JS objects
+  // that keep all this alive. Not while the environment is torn down: nobody collects then.
+  void report_memory() {
+    if (*tearing_down) return;
+    const int64_t now = model ? static_cast<int64_t>(model->memory_bytes()) : 0;
+    if (now == reported_bytes) return;
+    int64_t total;
+    if (napi_adjust_external_memory(env, now - reported_bytes, &total) == napi_ok) reported_bytes = now;
+  }
 };
 
-Napi::Error disposed_error(Napi::Env env, const char* what) {
-  Napi::Error e = Napi::Error::New(env, std::string("the ") + what + " has been disposed");
-  e.Set("code", Napi::String::New(env, "ERR_DISPOSED"));
+// An error with a `code` property, which lib/backends/native/index.ts turns into a MicroGPTError.
+template <typename E>
+E coded(E e, const char* code) {
+  e.Set("code", Napi::String::New(e.Env(), code));
   return e;
 }
+
+Napi::Error disposed_error(Napi::Env env, const char* what) {
+  return coded(Napi::Error::New(env, std::string("the ") + what + " has been disposed"), "ERR_DISPOSED");
+}
+
+Napi::Error busy_error(Napi::Env env) {
+  return Napi::Error::New(env, "a prefill on this session is still running: await it before the next call");
+}
+
+// A session's busy flag, set for as long as the claim lives unless kept: made once the request
+// is built, kept once it is queued (its settling clears the flag), so a throw anywhere between
+// leaves the session free.
+class BusyClaim {
+ public:
+  explicit BusyClaim(bool* flag) : flag_(flag) { *flag_ = true; }
+  BusyClaim(BusyClaim&& other) noexcept : flag_(other.flag_) { other.flag_ = nullptr; }
+  BusyClaim& operator=(BusyClaim&&) = delete;
+  ~BusyClaim() {
+    if (flag_) *flag_ = false;
+  }
+  void keep() { flag_ = nullptr; }
+
+ private:
+  bool* flag_;
+};
 
 int int_field(Napi::Object o, const char* name) {
   Napi::Value v = o.Get(name);
@@ -82,14 +132,16 @@ std::vector<int> token_ids(Napi::Value value, int max_length, int vocab_size, in
 
 class LoadWorker : public Napi::AsyncWorker {
  public:
-  LoadWorker(Napi::Object receiver, std::shared_ptr<Handle> handle, std::vector<const float*> tensors,
-             std::vector<Napi::ObjectReference> keep, Isa isa, int threads, Precision precision)
+  // `tensors` point into `weights`, the copy of the caller's arrays.
+  LoadWorker(Napi::Object receiver, std::shared_ptr<Handle> handle, FloatBuffer weights,
+             std::vector<const float*> tensors, Isa isa, int threads, Precision precision)
       : Napi::AsyncWorker(receiver.Env(), "microgpt.load"),
         receiver_(Napi::Persistent(receiver)),
         deferred_(Napi::Promise::Deferred::New(receiver.Env())),
         handle_(std::move(handle)),
+        config_(handle_->config),
+        weights_(std::move(weights)),
         tensors_(std::move(tensors)),
-        keep_(std::move(keep)),
         isa_(isa),
         threads_(threads),
         precision_(precision) {}
@@ -97,45 +149,59 @@ class LoadWorker : public Napi::AsyncWorker {
 
   void Execute() override {
     try {
-      model_ = std::make_shared<Model>(handle_->config, tensors_, isa_, threads_, precision_);
+      model_ = std::make_shared<Model>(config_, tensors_, isa_, threads_, precision_);
+    } catch (const std::system_error& e) {  // a thread of the pool could not be started
+      code_ = "ERR_INVALID_ARGUMENT";
+      SetError("threads " + std::to_string(threads_) + ": " + e.what() +
+               "; the process is out of threads or address space: ask for fewer threads");
     } catch (const std::bad_alloc&) {
-      SetError("out of memory while copying the weights into the native engine");
+      SetError("out of memory while packing the weights into the native engine");
     } catch (const std::exception& e) {
       SetError(std::string("loading the weights failed: ") + e.what());
     }
+    weights_ = FloatBuffer();  // packed now (or failed): the copy goes here, off the main thread
   }
+
+  // Both run on the main thread; once the environment is being torn down there is nobody to
+  // tell, and the Node-API calls below would fail: the model is dropped.
   void OnOK() override {
     handle_->loading = false;
+    std::shared_ptr<Model> model = std::move(model_);
+    if (*handle_->tearing_down) return;
     if (handle_->disposed) {
-      model_.reset();
       deferred_.Reject(disposed_error(Env(), "model").Value());
       return;
     }
     try {
       handle_->engine = std::make_unique<Engine>(Env());
     } catch (const Napi::Error& e) {
-      model_.reset();
       deferred_.Reject(e.Value());
       return;
     }
-    handle_->model = std::move(model_);
+    handle_->model = std::move(model);
+    handle_->report_memory();
     deferred_.Resolve(Env().Undefined());
   }
   void OnError(const Napi::Error& e) override {
     handle_->loading = false;
-    deferred_.Reject(e.Value());
+    if (*handle_->tearing_down) return;
+    Napi::Error error = e;
+    if (code_ != nullptr) error = coded(error, code_);
+    deferred_.Reject(error.Value());
   }
 
  private:
-  Napi::ObjectReference receiver_;  // the JS model or session stays alive while work is pending
+  Napi::ObjectReference receiver_;  // the JS model stays alive while the load is pending
   Napi::Promise::Deferred deferred_;
-  std::shared_ptr<Handle> handle_;
+  std::shared_ptr<Handle> handle_;  // main thread only
+  const Config config_;
+  FloatBuffer weights_;
   std::vector<const float*> tensors_;
-  std::vector<Napi::ObjectReference> keep_;  // the weight arrays stay alive while we copy them
   Isa isa_;
   int threads_;
   Precision precision_;
   std::shared_ptr<Model> model_;
+  const char* code_ = nullptr;  // the error's code, if it has one
 };
 
 // ---- Model ------------------------------------------------------------------------------------
@@ -162,7 +228,7 @@ class NativeModel : public Napi::ObjectWrap<NativeModel> {
       throw Napi::TypeError::New(env, "new Model(config, options): config and options must be objects");
     }
     Napi::Object c = info[0].As<Napi::Object>();
-    handle_ = std::make_shared<Handle>();
+    handle_ = std::make_shared<Handle>(env, addon_data(env)->tearing_down);
     Config& config = handle_->config;
     config.vocab_size = int_field(c, "vocabSize");
     config.block_size = int_field(c, "blockSize");
@@ -173,11 +239,16 @@ class NativeModel : public Napi::ObjectWrap<NativeModel> {
     if (!bias.IsBoolean()) throw Napi::TypeError::New(env, "config.bias must be a boolean");
     config.bias = bias.As<Napi::Boolean>().Value();
     const std::string problem = check_config(config);
-    if (!problem.empty()) throw Napi::RangeError::New(env, "invalid config: " + problem);
+    if (!problem.empty()) throw coded(Napi::RangeError::New(env, "invalid config: " + problem), "ERR_INVALID_CONFIG");
 
     Napi::Object o = info[1].As<Napi::Object>();
     threads_ = int_field(o, "threads");
-    if (threads_ > 1024) throw Napi::RangeError::New(env, "threads must be at most 1024");
+    if (threads_ > ThreadPool::kMaxThreads) {
+      throw coded(Napi::RangeError::New(env, "threads must be an integer from 1 to " +
+                                                 std::to_string(ThreadPool::kMaxThreads) + ", got " +
+                                                 std::to_string(threads_)),
+                  "ERR_INVALID_ARGUMENT");
+    }
     isa_ = isa_best();
     if (o.Get("isa").IsString()) isa_ = isa_argument(env, o.Get("isa").As<Napi::String>().Utf8Value());
     Napi::Value precision = o.Get("precision");
@@ -197,6 +268,11 @@ class NativeModel : public Napi::ObjectWrap<NativeModel> {
 
  private:
   // load(tensors: (Float32Array | null)[]): Promise<void>, in the binding's tensor order.
+  // The arrays are copied here, before anything runs elsewhere: JavaScript may detach or transfer
+  // them while the load runs (structuredClone with transfer, ArrayBuffer.prototype.transfer), and
+  // the worker would then read freed memory. The copy is the cheap part of a load: for the
+  // bundled model's 19 MB, 5-15 ms on the 2-vCPU VM (mostly first touches of its pages; huge
+  // pages halve that), against 20-60 ms to pack them.
   Napi::Value load(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     if (handle_->disposed) throw disposed_error(env, "model");
@@ -208,9 +284,24 @@ class NativeModel : public Napi::ObjectWrap<NativeModel> {
       throw Napi::RangeError::New(env, "load: expected " + std::to_string(sizes.size()) + " tensors, got " +
                                            std::to_string(list.Length()));
     }
+    // Each tensor at a multiple of 16 floats (64 bytes), as the engine's own buffers are.
+    std::vector<size_t> offsets(sizes.size());
+    size_t total = 0;
+    for (size_t i = 0; i < sizes.size(); i++) {
+      offsets[i] = total;
+      total += (sizes[i] + 15) / 16 * 16;
+    }
+    FloatBuffer weights;
+    try {
+      weights = FloatBuffer(total, /*huge=*/true);
+    } catch (const std::bad_alloc&) {
+      throw Napi::RangeError::New(env, "load: out of memory for a copy of the weights (" +
+                                           std::to_string(total * sizeof(float)) + " bytes)");
+    }
     std::vector<const float*> tensors(sizes.size(), nullptr);
-    std::vector<Napi::ObjectReference> keep;
     for (uint32_t i = 0; i < list.Length(); i++) {
+      // list.Get may run a getter, which may detach an array: each one is copied as soon as it
+      // is checked, with no JavaScript in between.
       Napi::Value v = list.Get(i);
       if (sizes[i] == 0) {
         if (!v.IsNull() && !v.IsUndefined()) throw Napi::TypeError::New(env, "load: tensor " + std::to_string(i) + " must be null (no bias)");
@@ -224,11 +315,12 @@ class NativeModel : public Napi::ObjectWrap<NativeModel> {
         throw Napi::RangeError::New(env, "load: tensor " + std::to_string(i) + " has " + std::to_string(a.ElementLength()) +
                                              " elements, expected " + std::to_string(sizes[i]));
       }
-      tensors[i] = a.Data();
-      keep.push_back(Napi::Persistent(a.As<Napi::Object>()));
+      float* copy = weights.data() + offsets[i];
+      std::memcpy(copy, a.Data(), sizes[i] * sizeof(float));
+      tensors[i] = copy;
     }
+    auto* worker = new LoadWorker(Value(), handle_, std::move(weights), std::move(tensors), isa_, threads_, precision_);
     handle_->loading = true;
-    auto* worker = new LoadWorker(Value(), handle_, std::move(tensors), std::move(keep), isa_, threads_, precision_);
     Napi::Promise p = worker->promise();
     worker->Queue();
     return p;
@@ -242,7 +334,11 @@ class NativeModel : public Napi::ObjectWrap<NativeModel> {
     std::vector<int> ids = token_ids(info[0], c.block_size, c.vocab_size, 0);
     Napi::Float32Array out = Napi::Float32Array::New(env, ids.size() * static_cast<size_t>(c.vocab_size));
     std::vector<std::unique_ptr<PassEntry>> entries;
-    entries.push_back(std::make_unique<PassEntry>(Value(), out, nullptr, std::move(ids), 0, true, nullptr));
+    // Its scratch cache may be a new one: V8 hears of it once the pass has settled.
+    std::weak_ptr<Handle> handle = handle_;
+    entries.push_back(std::make_unique<PassEntry>(Value(), out, nullptr, std::move(ids), 0, true, [handle](bool) {
+      if (auto h = handle.lock()) h->report_memory();
+    }));
     Napi::Promise p = entries.front()->deferred.Promise();
     handle_->engine->submit(std::move(model), std::move(entries));
     return p;
@@ -277,6 +373,7 @@ class NativeModel : public Napi::ObjectWrap<NativeModel> {
   void dispose(const Napi::CallbackInfo&) {
     handle_->disposed = true;
     handle_->model.reset();  // freed now, or when the last pending pass ends
+    handle_->report_memory();
     if (handle_->engine) handle_->engine->close();  // its thread ends once that pass has settled
   }
 
@@ -327,19 +424,22 @@ class NativeSession : public Napi::ObjectWrap<NativeSession> {
   Napi::Value prefill(const Napi::CallbackInfo& info) {
     std::vector<std::unique_ptr<PassEntry>> entries;
     entries.push_back(begin(info[0]));
+    BusyClaim busy = claim();
     Napi::Promise p = entries.front()->deferred.Promise();
     handle_->engine->submit(handle_->model, std::move(entries));
+    busy.keep();
     return p;
   }
 
  public:
-  // Checks a prefill of `ids` and marks the session busy: the request for the engine. Throws
-  // (a JS error) when the session cannot take it.
+  // Checks a prefill of `ids`: the request for the engine. Throws (a JS error) when the session
+  // cannot take it. The caller claims the session (claim()) and keeps the claim once the request
+  // is queued.
   std::unique_ptr<PassEntry> begin(Napi::Value ids_value) {
     Napi::Env env = ids_value.Env();
     if (!state_) throw disposed_error(env, "session");
     if (handle_->disposed || !handle_->model) throw disposed_error(env, "model");
-    if (busy_) throw Napi::Error::New(env, "a prefill on this session is still running: await it before the next call");
+    if (busy_) throw busy_error(env);
     const Config& c = handle_->config;
     std::vector<int> ids = token_ids(ids_value, c.block_size - length_, c.vocab_size, length_);
     const int start = length_;
@@ -348,14 +448,15 @@ class NativeSession : public Napi::ObjectWrap<NativeSession> {
     // allocation per token for a GPT-2-sized vocabulary.
     if (logits_.IsEmpty()) logits_ = Napi::Persistent(static_cast<Napi::Object>(Napi::Float32Array::New(env, c.vocab_size)));
     Napi::Float32Array out = logits_.Value().As<Napi::Float32Array>();
-    busy_ = true;
     return std::make_unique<PassEntry>(Value(), out, state_, std::move(ids), start, false, [this, start, T](bool ok) {
       // Main thread; the entry's receiver reference keeps this object alive until now.
       busy_ = false;
       length_ = ok ? start + T : start;
       if (!state_) logits_.Reset();  // disposed while running
+      handle_->report_memory();     // the first prefill may have made a KV cache
     });
   }
+  BusyClaim claim() { return BusyClaim(&busy_); }
   bool belongs_to(const std::shared_ptr<Handle>& handle) const { return handle_ == handle; }
 
  private:
@@ -396,6 +497,9 @@ Napi::Value NativeModel::prefill_many(const Napi::CallbackInfo& info) {
   Napi::Function session_class = addon_data(env)->session_class.Value();
   Napi::Array promises = Napi::Array::New(env, sessions.Length());
   std::vector<std::unique_ptr<PassEntry>> entries;
+  std::vector<BusyClaim> claims;  // let go unless the group is queued
+  entries.reserve(sessions.Length());
+  claims.reserve(sessions.Length());
   for (uint32_t i = 0; i < sessions.Length(); i++) {
     try {
       Napi::Value v = sessions.Get(i);
@@ -406,15 +510,21 @@ Napi::Value NativeModel::prefill_many(const Napi::CallbackInfo& info) {
       if (!session->belongs_to(handle_)) {
         throw Napi::Error::New(env, "prefillMany: sessions[" + std::to_string(i) + "] belongs to another model");
       }
-      entries.push_back(session->begin(ids.Get(i)));
-      promises.Set(i, entries.back()->deferred.Promise());
+      std::unique_ptr<PassEntry> entry = session->begin(ids.Get(i));
+      BusyClaim busy = session->claim();  // a session twice in the group: the second finds it busy
+      promises.Set(i, entry->deferred.Promise());
+      entries.push_back(std::move(entry));
+      claims.push_back(std::move(busy));
     } catch (const Napi::Error& e) {
       Napi::Promise::Deferred d = Napi::Promise::Deferred::New(env);
+      promises.Set(i, d.Promise());  // first, so that a throw here leaves no rejection unseen
       d.Reject(e.Value());
-      promises.Set(i, d.Promise());
     }
   }
-  if (!entries.empty()) handle_->engine->submit(std::move(model), std::move(entries));
+  if (!entries.empty()) {
+    handle_->engine->submit(std::move(model), std::move(entries));
+    for (BusyClaim& c : claims) c.keep();
+  }
   return promises;
 }
 

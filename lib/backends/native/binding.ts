@@ -17,7 +17,7 @@ export type AddonIsa = 'scalar' | 'avx2' | 'avx512' | 'neon';
 export type AddonConfig = ModelConfig;
 
 export interface AddonModelOptions {
-  /** Compute threads, the calling thread included (1 to 1024). */
+  /** Compute threads, the calling thread included (1 to Addon.maxThreads). */
   readonly threads: number;
   /** Forces an instruction set; by default the fastest this CPU runs. */
   readonly isa?: AddonIsa;
@@ -32,7 +32,8 @@ export interface AddonModel {
   /** 'f32' or 'f16' once loaded ('auto' resolved). */
   readonly precision: 'f32' | 'f16' | 'auto';
   /**
-   * Copies (and packs) the weights off the main thread. `tensors` in nanoGPT's state_dict order:
+   * Copies the weights at once (the arrays are free again when this returns: detaching one later
+   * is harmless), then packs them off the main thread. `tensors` in nanoGPT's state_dict order:
    * wte, wpe, ln_f.weight, ln_f.bias, then per layer ln_1.weight, ln_1.bias, attn.c_attn.weight,
    * attn.c_attn.bias, attn.c_proj.weight, attn.c_proj.bias, ln_2.weight, ln_2.bias,
    * mlp.c_fc.weight, mlp.c_fc.bias, mlp.c_proj.weight, mlp.c_proj.bias; null for absent biases.
@@ -132,11 +133,39 @@ export interface AddonTesting {
   benchReadBandwidth(isa: AddonIsa, megabytes: number, threads: number, reps: number): number;
 }
 
+/**
+ * The largest config the engine runs (native/model.h, ConfigLimits), under the names of
+ * lib/config.ts's CONFIG_LIMITS, which must hold the same numbers.
+ */
+export interface AddonConfigLimits {
+  readonly vocabSize: number;
+  readonly blockSize: number;
+  readonly nLayer: number;
+  readonly nHead: number;
+  readonly nEmbd: number;
+  /** nEmbd / nHead. */
+  readonly headSize: number;
+  /** Float32 parameters, the tied lm_head counted once. */
+  readonly parameters: number;
+  /** nLayer x blockSize x nEmbd. */
+  readonly layerPositionWidth: number;
+  /** nLayer x nHead x blockSize^2. */
+  readonly attentionScores: number;
+}
+
+/**
+ * The addon's errors a user can cause carry a `code` (ERR_INVALID_ARGUMENT, ERR_INVALID_CONFIG,
+ * ERR_DISPOSED), which index.ts turns into MicroGPTErrors.
+ */
 export interface Addon {
+  /** Throws a RangeError (code ERR_INVALID_CONFIG or ERR_INVALID_ARGUMENT) for a config or thread count beyond the limits. */
   readonly Model: new (config: AddonConfig, options: AddonModelOptions) => AddonModel;
   /** Made only by AddonModel.createSession; constructing it directly throws. */
   readonly Session: new () => AddonSession;
   readonly napiVersion: number;
+  readonly configLimits: AddonConfigLimits;
+  /** The most compute threads a model takes (native/thread_pool.h, ThreadPool::kMaxThreads). */
+  readonly maxThreads: number;
   /** What the CPU probe found: the fastest instruction set and all that run here. */
   cpu(): { best: AddonIsa; supported: AddonIsa[] };
   /** null when every supported instruction set agrees with the scalar reference, else why not. */

@@ -5,7 +5,7 @@
  */
 import { availableParallelism } from 'node:os';
 import type { ModelConfig } from '../../config.js';
-import { MicroGPTError, beyondFloat16 } from '../../errors.js';
+import { MicroGPTError, beyondFloat16, type MicroGPTErrorCode } from '../../errors.js';
 import { matricesBeyondFloat16, type ModelWeights } from '../../weights.js';
 import type { Backend, InferenceSession, ModelRuntime, Precision, RuntimeOptions } from '../types.js';
 import { forcedIsa, loadAddon, type AddonBatchStats, type AddonIsa, type AddonModel, type AddonSession } from './binding.js';
@@ -33,8 +33,13 @@ export const nativeBackend: Backend & {
     const threads = options.threads ?? availableParallelism();
     const precision = options.precision ?? 'auto';
     if (precision === 'f16' && matricesBeyondFloat16(weights)) throw beyondFloat16();
-    const model = new addon.Model(config, isa === undefined ? { threads, precision } : { threads, isa, precision });
-    await model.load(binderOrder(weights));
+    let model: AddonModel;
+    try {
+      model = new addon.Model(config, isa === undefined ? { threads, precision } : { threads, isa, precision });
+      await model.load(binderOrder(weights));
+    } catch (error) {
+      translate(error);
+    }
     return new NativeRuntime(config, model);
   },
 };
@@ -49,10 +54,14 @@ function binderOrder(w: ModelWeights): (Float32Array | null)[] {
   return out;
 }
 
-/** Rethrows the addon's "disposed" errors as MicroGPTErrors; others as they are. */
+/** The codes of the addon's errors that a user can cause (binding.ts, Addon). */
+const ADDON_ERROR_CODES: readonly MicroGPTErrorCode[] = ['ERR_DISPOSED', 'ERR_INVALID_ARGUMENT', 'ERR_INVALID_CONFIG'];
+
+/** Rethrows the addon's coded errors as MicroGPTErrors; others as they are. */
 function translate(error: unknown): never {
-  if (error instanceof Error && (error as { code?: unknown }).code === 'ERR_DISPOSED') {
-    throw new MicroGPTError('ERR_DISPOSED', error.message);
+  const code = error instanceof Error ? (error as { code?: unknown }).code : undefined;
+  if (error instanceof Error && ADDON_ERROR_CODES.includes(code as MicroGPTErrorCode)) {
+    throw new MicroGPTError(code as MicroGPTErrorCode, error.message);
   }
   throw error;
 }
