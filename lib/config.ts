@@ -146,11 +146,14 @@ export function configFromModelArgs(args: Record<string, unknown>, source: strin
   );
 }
 
+/** A caller's or a file's value as it goes into a one-line message: strings quoted and cut short. */
 export function describe(value: unknown): string {
   if (typeof value === 'string') return JSON.stringify(value.length > 40 ? `${value.slice(0, 40)}…` : value);
   if (typeof value === 'bigint') return `${value}n`;
   if (value === null) return 'null';
   if (Array.isArray(value)) return 'an array';
   if (typeof value === 'object') return 'an object';
+  if (typeof value === 'function') return 'a function';
+  if (typeof value === 'symbol') return 'a symbol';
   return String(value);
 }

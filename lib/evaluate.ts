@@ -2,6 +2,7 @@
  * Cross-entropy of a model over a text, measured by our own forward pass, so a checkpoint's quality
  * (and the README's figure for the bundled model) can be checked with the product itself.
  */
+import { describe } from './config.js';
 import { invalidArgument, optionsObject } from './errors.js';
 import { Model } from './model.js';
 
@@ -42,7 +43,7 @@ export async function evaluate(model: Model, text: string, options?: EvaluateOpt
   if (onProgress !== undefined && typeof onProgress !== 'function') throw invalidArgument('onProgress must be a function');
   if (typeof text !== 'string') throw invalidArgument(`text must be a string, got ${typeof text}`);
   if (text.length > MAX_EVAL_CHARACTERS) throw invalidArgument(`text has ${text.length} characters; evaluate reads at most ${MAX_EVAL_CHARACTERS}`);
-  if (split !== 'all' && split !== 'val') throw invalidArgument(`split must be 'all' or 'val', got ${String(split)}`);
+  if (split !== 'all' && split !== 'val') throw invalidArgument(`split must be 'all' or 'val', got ${describe(split)}`);
   let scored = text;
   if (split === 'val') {
     const chars = [...text]; // Python indexes code points

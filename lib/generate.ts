@@ -9,6 +9,7 @@
  */
 import { randomInt } from 'node:crypto';
 import type { ModelRuntime } from './backends/types.js';
+import { describe } from './config.js';
 import { invalidArgument } from './errors.js';
 import { Rng } from './sampling/rng.js';
 import { Sampler, type SamplerSettings } from './sampling/sample.js';
@@ -81,7 +82,7 @@ export function planGeneration(options: GenerateManyOptions | undefined, vocabSi
   const temperature = o.temperature ?? GENERATION_DEFAULTS.temperature;
   if (typeof temperature !== 'number' || !Number.isFinite(temperature) || temperature < 0 || temperature > GENERATION_LIMITS.temperature) {
     throw invalidArgument(
-      `temperature must be a number from 0 (greedy) to ${GENERATION_LIMITS.temperature}, got ${String(temperature)}`,
+      `temperature must be a number from 0 (greedy) to ${GENERATION_LIMITS.temperature}, got ${describe(temperature)}`,
     );
   }
   let topK: number | undefined;
@@ -92,7 +93,7 @@ export function planGeneration(options: GenerateManyOptions | undefined, vocabSi
   let topP: number | undefined;
   if (o.topP !== undefined) {
     if (typeof o.topP !== 'number' || !(o.topP > 0 && o.topP <= 1)) {
-      throw invalidArgument(`topP must be a number in (0, 1], got ${String(o.topP)}`);
+      throw invalidArgument(`topP must be a number in (0, 1], got ${describe(o.topP)}`);
     }
     if (o.topP < 1) topP = o.topP;
   }
@@ -101,7 +102,7 @@ export function planGeneration(options: GenerateManyOptions | undefined, vocabSi
   if (o.signal !== undefined && !(o.signal instanceof AbortSignal)) throw invalidArgument('signal must be an AbortSignal');
   const unknownCharacters = o.unknownCharacters ?? 'error';
   if (unknownCharacters !== 'error' && unknownCharacters !== 'drop') {
-    throw invalidArgument(`unknownCharacters must be 'error' or 'drop', got ${String(unknownCharacters)}`);
+    throw invalidArgument(`unknownCharacters must be 'error' or 'drop', got ${describe(unknownCharacters)}`);
   }
   const numSamples = integerOption('numSamples', o.numSamples, 1, 1, GENERATION_LIMITS.numSamples);
   return {
@@ -132,7 +133,7 @@ export function checkPrompt(prompt: unknown): string {
 function integerOption(name: string, value: unknown, fallback: number, min: number, max: number): number {
   if (value === undefined) return fallback;
   if (typeof value !== 'number' || !Number.isInteger(value) || value < min || value > max) {
-    throw invalidArgument(`${name} must be an integer from ${min} to ${max}, got ${String(value)}`);
+    throw invalidArgument(`${name} must be an integer from ${min} to ${max}, got ${describe(value)}`);
   }
   return value;
 }

@@ -3,7 +3,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { resolveBackend } from './backends/index.js';
 import type { BackendChoice, PrecisionChoice, RuntimeOptions } from './backends/types.js';
-import { validateConfig, type ModelConfig } from './config.js';
+import { describe, validateConfig, type ModelConfig } from './config.js';
 import { MicroGPTError, badCheckpoint, invalidArgument } from './errors.js';
 import { readSafetensors } from './formats/safetensors.js';
 import { readMetaPkl, readTorchCheckpoint } from './formats/torch-checkpoint.js';
@@ -156,10 +156,10 @@ export async function createModel(
 function checkLoadOptions(options: Omit<LoadOptions, 'meta'>): void {
   if (typeof options !== 'object' || options === null) throw invalidArgument('load options must be an object');
   if (options.threads !== undefined && (!Number.isInteger(options.threads) || options.threads < 1 || options.threads > 1024)) {
-    throw invalidArgument(`threads must be an integer from 1 to 1024, got ${String(options.threads)}`);
+    throw invalidArgument(`threads must be an integer from 1 to 1024, got ${describe(options.threads)}`);
   }
   if (options.precision !== undefined && !['auto', 'f32', 'f16'].includes(options.precision)) {
-    throw invalidArgument(`precision must be 'auto', 'f32' or 'f16', got ${String(options.precision)}`);
+    throw invalidArgument(`precision must be 'auto', 'f32' or 'f16', got ${describe(options.precision)}`);
   }
   resolveBackend(options.backend ?? 'auto'); // an unknown or unavailable backend fails before any file is read
 }

@@ -1,4 +1,4 @@
-import { parameterCount, type ModelConfig } from './config.js';
+import { describe, parameterCount, type ModelConfig } from './config.js';
 import type { BackendName, ModelRuntime, Precision } from './backends/types.js';
 import { MicroGPTError, invalidArgument, optionsObject } from './errors.js';
 import {
@@ -128,7 +128,7 @@ export class Model {
     for (let i = 0; i < ids.length; i++) {
       const id = ids[i];
       if (typeof id !== 'number' || !Number.isInteger(id) || id < 0 || id >= vocabSize) {
-        throw invalidArgument(`ids[${i}] = ${String(id)} is not a token id (an integer from 0 to ${vocabSize - 1})`);
+        throw invalidArgument(`ids[${i}] = ${describe(id)} is not a token id (an integer from 0 to ${vocabSize - 1})`);
       }
       out[i] = id;
     }

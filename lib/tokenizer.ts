@@ -1,3 +1,4 @@
+import { describe } from './config.js';
 import { MicroGPTError, invalidArgument, optionsObject, quote } from './errors.js';
 
 export interface EncodeOptions {
@@ -44,7 +45,7 @@ export class CharTokenizer {
   encode(text: string, options?: EncodeOptions): number[] {
     if (typeof text !== 'string') throw invalidArgument(`text must be a string, got ${text === null ? 'null' : typeof text}`);
     const unknown = optionsObject(options, 'encode options').unknown ?? 'error';
-    if (unknown !== 'error' && unknown !== 'drop') throw invalidArgument(`unknown must be 'error' or 'drop', got ${String(unknown)}`);
+    if (unknown !== 'error' && unknown !== 'drop') throw invalidArgument(`unknown must be 'error' or 'drop', got ${describe(unknown)}`);
     const drop = unknown === 'drop';
     const ids: number[] = [];
     let position = 0; // in characters (code points), which is what a user counts
@@ -83,7 +84,7 @@ export function checkIdList(ids: unknown, name = 'ids'): asserts ids is ArrayLik
   if (typeof ids !== 'object' || ids === null) throw invalidArgument(`${name} must be an array of token ids, got ${ids === null ? 'null' : typeof ids}`);
   const { length } = ids as { length?: unknown };
   if (typeof length !== 'number' || !Number.isSafeInteger(length) || length < 0) {
-    throw invalidArgument(`${name} must be an array of token ids (its length is ${String(length)})`);
+    throw invalidArgument(`${name} must be an array of token ids (its length is ${describe(length)})`);
   }
 }
 

@@ -56,7 +56,7 @@ describe('microgpt generate', () => {
       assert.equal(r.status, 0, r.stderr);
       assert.equal((JSON.parse(r.stdout) as { precision: string }).precision, precision);
     }
-    fails(/precision must be 'auto', 'f32' or 'f16', got f8$/, 'generate', '--model', modelDir, '--precision', 'f8');
+    fails(/precision must be 'auto', 'f32' or 'f16', got "f8"$/, 'generate', '--model', modelDir, '--precision', 'f8');
   });
 
   test('--json gives text, tokens, backend and speed in one object', () => {

@@ -156,7 +156,7 @@ describe('models kept in float16', () => {
   });
 
   test('the precision option is checked before anything loads', async () => {
-    await assert.rejects(loadModel('default', { precision: 'half' as 'f16' }), /precision must be 'auto', 'f32' or 'f16', got half/);
+    await assert.rejects(loadModel('default', { precision: 'half' as 'f16' }), /precision must be 'auto', 'f32' or 'f16', got "half"/);
   });
 
   test("the bundled model is float16 on disk: 'auto' keeps it so, with the same text as float32", async () => {
