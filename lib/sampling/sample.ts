@@ -3,6 +3,8 @@
  * divide by the temperature, keep the top-k (values tied with the k-th survive), softmax, draw.
  * The uniform random number is an argument, so a test can pin every draw.
  */
+import { CONFIG_LIMITS, describe } from '../config.js';
+import { invalidArgument } from '../errors.js';
 
 export interface SamplerSettings {
   /** 0 picks the most likely token (greedy); otherwise logits are divided by it. */
@@ -37,6 +39,9 @@ export class Sampler {
   private order: Int32Array;
 
   constructor(vocabSize: number) {
+    if (!Number.isSafeInteger(vocabSize) || vocabSize < 1 || vocabSize > CONFIG_LIMITS.vocabSize) {
+      throw invalidArgument(`vocabSize must be an integer from 1 to ${CONFIG_LIMITS.vocabSize}, got ${describe(vocabSize)}`);
+    }
     this.probs = new Float64Array(vocabSize);
     this.scratch = new Float64Array(vocabSize);
     this.order = new Int32Array(vocabSize);
