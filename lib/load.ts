@@ -2,7 +2,7 @@ import { open, stat } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { resolveBackend } from './backends/index.js';
-import type { BackendChoice, PrecisionChoice, RuntimeOptions } from './backends/types.js';
+import { MAX_THREADS, type BackendChoice, type PrecisionChoice, type RuntimeOptions } from './backends/types.js';
 import { describe, validateConfig, type ModelConfig } from './config.js';
 import { MicroGPTError, badCheckpoint, invalidArgument } from './errors.js';
 import { readSafetensors } from './formats/safetensors.js';
@@ -155,8 +155,8 @@ export async function createModel(
 
 function checkLoadOptions(options: Omit<LoadOptions, 'meta'>): void {
   if (typeof options !== 'object' || options === null) throw invalidArgument('load options must be an object');
-  if (options.threads !== undefined && (!Number.isInteger(options.threads) || options.threads < 1 || options.threads > 1024)) {
-    throw invalidArgument(`threads must be an integer from 1 to 1024, got ${describe(options.threads)}`);
+  if (options.threads !== undefined && (!Number.isInteger(options.threads) || options.threads < 1 || options.threads > MAX_THREADS)) {
+    throw invalidArgument(`threads must be an integer from 1 to ${MAX_THREADS}, got ${describe(options.threads)}`);
   }
   if (options.precision !== undefined && !['auto', 'f32', 'f16'].includes(options.precision)) {
     throw invalidArgument(`precision must be 'auto', 'f32' or 'f16', got ${describe(options.precision)}`);

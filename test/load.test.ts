@@ -52,7 +52,7 @@ test('sources that are not models are refused clearly', async () => {
 test('backend and thread options are checked', async () => {
   const path = fixture('models', 'tiny-bias.safetensors');
   await assert.rejects(loadModel(path, { backend: 'tpu' as never }), /backend must be one of auto, js, native, cuda, got "tpu"/);
-  await assert.rejects(loadModel(path, { threads: 0 }), /threads must be an integer from 1 to 1024, got 0/);
+  await assert.rejects(loadModel(path, { threads: 0 }), /threads must be an integer from 1 to 256, got 0/);
   const cuda = availableBackends().find((b) => b.name === 'cuda');
   assert.ok(cuda !== undefined);
   if (!cuda.available) {

@@ -5,6 +5,7 @@ import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { describe, test } from 'node:test';
 import { loadAddon, type Addon, type AddonModel } from '../lib/backends/native/binding.js';
+import { MAX_THREADS } from '../lib/backends/types.js';
 import type { ModelConfig } from '../lib/config.js';
 import { randomTestWeights } from './helpers.js';
 
@@ -128,7 +129,7 @@ describe('environment teardown', () => {
 describe('threads', () => {
   test('the addon refuses more than maxThreads (256) threads on its own, with a code the TS layer maps', async () => {
     const a = addon();
-    assert.equal(a.maxThreads, 256);
+    assert.equal(a.maxThreads, MAX_THREADS);
     assert.throws(
       () => new a.Model(SMALL, { threads: 1000 }),
       (e: Error & { code?: string }) => e instanceof RangeError && e.code === 'ERR_INVALID_ARGUMENT' && /^threads must be an integer from 1 to 256, got 1000$/.test(e.message),

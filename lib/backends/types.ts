@@ -20,6 +20,9 @@ export type BackendChoice = 'auto' | BackendName;
 export type Precision = 'f32' | 'f16';
 export type PrecisionChoice = 'auto' | Precision;
 
+/** The most compute threads a model may ask for: the native pool's own cap (a test holds them equal). */
+export const MAX_THREADS = 256;
+
 export interface RuntimeOptions {
   /** Worker threads for engines that use them; the js backend ignores it. */
   readonly threads?: number;
