@@ -11,7 +11,7 @@
  * state, usually twice the model's size, is never touched).
  */
 import { open, readFile, stat } from 'node:fs/promises';
-import { CONFIG_LIMITS, configFromModelArgs, type ModelConfig } from '../config.js';
+import { CONFIG_LIMITS, configFromModelArgs, describe, type ModelConfig } from '../config.js';
 import { MicroGPTError, badCheckpoint } from '../errors.js';
 import { expectedTensors, type Tensor } from '../weights.js';
 import { decodeToFloat32, type StoredDType } from './dtype.js';
@@ -119,17 +119,20 @@ const REBUILD_TENSOR_V2: PickleGlobal = {
     if (strides.length !== shape.length) {
       throw pickleDataError(context, `tensor has ${shape.length} sizes but ${strides.length} strides`);
     }
+    if (shape.length > MAX_TENSOR_RANK) throw pickleDataError(context, `tensor has ${shape.length} dimensions, more than ${MAX_TENSOR_RANK}`);
+    // An empty tensor reads nothing, whatever its other sizes and strides say.
+    if (shape.includes(0)) return new TensorRef(storage, start, shape, strides, 0, start);
     let numel = 1;
     let maxIndex = start;
     for (let d = 0; d < shape.length; d++) {
       numel *= shape[d] as number;
       maxIndex += ((shape[d] as number) - 1) * (strides[d] as number);
+      // Every factor and term is non-negative, so once past the safe range the result stays past it.
+      if (!Number.isSafeInteger(numel) || !Number.isSafeInteger(maxIndex)) {
+        throw pickleDataError(context, `tensor view of size [${shape.join(', ')}], stride [${strides.join(', ')}] is too large`);
+      }
     }
-    if (numel === 0) maxIndex = start;
-    if (!Number.isSafeInteger(numel) || !Number.isSafeInteger(maxIndex)) {
-      throw pickleDataError(context, `tensor of size [${shape.join(', ')}] is too large`);
-    }
-    if (numel > 0 && maxIndex >= storage.numel) {
+    if (maxIndex >= storage.numel) {
       throw pickleDataError(
         context,
         `tensor view (offset ${start}, size [${shape.join(', ')}], stride [${strides.join(', ')}]) ` +
@@ -187,7 +190,9 @@ function storageLoader(): (pid: unknown, context: PickleContext) => StorageRef {
     if (typeof key !== 'string' || key.length === 0 || key.length > 64) throw pickleDataError(context, 'storage key must be a short str');
     if (typeof location !== 'string') throw pickleDataError(context, 'storage location must be a str');
     const numel = pickleInt(size);
-    if (numel === null || numel < 0) throw pickleDataError(context, `bad storage size ${describePickleValue(size)}`);
+    if (numel === null || numel < 0 || !Number.isSafeInteger(numel * type.itemSize)) {
+      throw pickleDataError(context, `bad storage size ${typeof size === 'number' || typeof size === 'bigint' ? String(size) : describePickleValue(size)}`);
+    }
     const known = storages.get(key);
     if (known === undefined) {
       const storage = new StorageRef(key, type, numel);
@@ -195,7 +200,7 @@ function storageLoader(): (pid: unknown, context: PickleContext) => StorageRef {
       return storage;
     }
     if (known.type !== type || known.numel !== numel) {
-      throw pickleDataError(context, `storage "${key}" is described twice, differently`);
+      throw pickleDataError(context, `storage ${describe(key)} is described twice, differently`);
     }
     return known;
   };
@@ -211,9 +216,15 @@ const COMPILED_PREFIX = '_orig_mod.';
 const MASK_BUFFER = /^transformer\.h\.\d+\.attn\.bias$/;
 const LM_HEAD = 'lm_head.weight';
 const WTE = 'transformer.wte.weight';
+/** torch supports up to 64 dimensions; more is not a tensor torch could have saved. */
+const MAX_TENSOR_RANK = 64;
 
 /** Reads a nanoGPT `ckpt.pt`. Never executes anything from the file. */
 export async function readTorchCheckpoint(path: string): Promise<TorchCheckpoint> {
+  return oneLineErrors(path, readCheckpoint(path));
+}
+
+async function readCheckpoint(path: string): Promise<TorchCheckpoint> {
   await refuseNonZip(path);
   const zip = await ZipReader.open(path);
   try {
@@ -256,7 +267,8 @@ export async function readTorchCheckpoint(path: string): Promise<TorchCheckpoint
       dataset: readDataset(ckpt.get('config')),
     };
   } finally {
-    zip.close();
+    // Closing a file opened for reading cannot lose data; its failure must not hide the real outcome.
+    await zip.close().catch(() => undefined);
   }
 }
 
@@ -328,12 +340,12 @@ function selectParameters(model: Map<unknown, unknown>, config: ModelConfig, pat
   for (const [rawName, value] of model) {
     if (typeof rawName !== 'string') throw badCheckpoint(path, `model state dict has a ${describePickleValue(rawName)} key`);
     const name = rawName.startsWith(COMPILED_PREFIX) ? rawName.slice(COMPILED_PREFIX.length) : rawName;
-    if (!(value instanceof TensorRef)) throw badCheckpoint(path, `model entry "${rawName}" is a ${describePickleValue(value)}, not a tensor`);
-    if (params.has(name) || (name === LM_HEAD && lmHead !== null)) throw badCheckpoint(path, `model state dict holds "${name}" twice`);
+    if (!(value instanceof TensorRef)) throw badCheckpoint(path, `model entry ${describe(rawName)} is a ${describePickleValue(value)}, not a tensor`);
+    if (params.has(name) || (name === LM_HEAD && lmHead !== null)) throw badCheckpoint(path, `model state dict holds ${describe(name)} twice`);
     if (MASK_BUFFER.test(name)) {
       const mask = [1, 1, config.blockSize, config.blockSize];
       if (!sameShape(value.shape, mask)) {
-        throw badCheckpoint(path, `buffer "${name}" has shape [${value.shape.join(', ')}], expected the causal mask's [${mask.join(', ')}]`);
+        throw badCheckpoint(path, `buffer ${describe(name)} has shape ${shapeText(value.shape)}, expected the causal mask's [${mask.join(', ')}]`);
       }
       continue;
     }
@@ -342,9 +354,9 @@ function selectParameters(model: Map<unknown, unknown>, config: ModelConfig, pat
       continue;
     }
     const shape = expected.get(name);
-    if (shape === undefined) throw badCheckpoint(path, `unexpected tensor "${name}" for a model with these model_args`);
+    if (shape === undefined) throw badCheckpoint(path, `unexpected tensor ${describe(name)} for a model with these model_args`);
     if (!sameShape(value.shape, shape)) {
-      throw badCheckpoint(path, `tensor "${name}" has shape [${value.shape.join(', ')}], expected [${shape.join(', ')}]`);
+      throw badCheckpoint(path, `tensor ${describe(name)} has shape ${shapeText(value.shape)}, expected [${shape.join(', ')}]`);
     }
     params.set(name, value);
   }
@@ -357,7 +369,7 @@ function selectParameters(model: Map<unknown, unknown>, config: ModelConfig, pat
     if (ref.storage.type.stored === null) {
       throw badCheckpoint(
         path,
-        `tensor "${name}" is stored as ${ref.storage.type.dtype} (torch.${ref.storage.type.name}); weights must be float32, float16, bfloat16 or float64`,
+        `tensor ${describe(name)} is stored as ${ref.storage.type.dtype} (torch.${ref.storage.type.name}); weights must be float32, float16, bfloat16 or float64`,
       );
     }
   }
@@ -372,6 +384,18 @@ function selectParameters(model: Map<unknown, unknown>, config: ModelConfig, pat
  */
 const MAX_DECODE_GROWTH = 4;
 const DECODE_SLACK_BYTES = 1024 * 1024;
+/**
+ * Only the start of a storage that its views reach is read, so a storage declaring far more than
+ * its views use costs nothing (a stored one is bounded by the file anyway; a deflated one may claim
+ * 1032 times its compressed size). The views of a deflated storage may reach at most this many
+ * times the bytes they hold, plus the slack: torch's views are at worst transposes and slices.
+ */
+const MAX_DEFLATED_SPAN_GROWTH = 4;
+/**
+ * A storage whose views leave at most this many bytes of it unread is read whole, which lets its
+ * CRC-32 be checked; the CRC of a storage read in part (a prefix) cannot be, and is not.
+ */
+const WHOLE_READ_SLACK_BYTES = 64 * 1024;
 
 /** Reads storages from the archive and gathers tensors out of them as float32. */
 class StorageReader {
@@ -401,23 +425,43 @@ class StorageReader {
     }
     const decoded = new Map<string, Tensor>();
     for (const [storage, names] of byStorage) {
-      const bytes = await this.zip.read(this.storageEntry(storage, names[0] as string).name);
+      const entry = this.storageEntry(storage, names[0] as string);
+      const views = names.map((name) => refs.get(name) as TensorRef);
+      const bytes = await this.zip.readPrefix(entry.name, this.bytesToRead(entry, storage, views));
       for (const name of names) decoded.set(name, gather(refs.get(name) as TensorRef, bytes));
     }
     // Back in the state dict's order.
     return new Map([...refs.keys()].map((name) => [name, decoded.get(name) as Tensor]));
   }
 
+  /** How much of a storage's entry to read: the prefix its views reach, or all of it when that is little more. */
+  private bytesToRead(entry: ZipEntryInfo, storage: StorageRef, views: readonly TensorRef[]): number {
+    let needed = 0;
+    let held = 0;
+    for (const view of views) {
+      if (view.numel > 0) needed = Math.max(needed, (view.maxIndex + 1) * storage.type.itemSize);
+      held += view.numel * storage.type.itemSize;
+    }
+    const deflated = entry.compressionMethod === 8;
+    if (deflated && needed > MAX_DEFLATED_SPAN_GROWTH * held + DECODE_SLACK_BYTES) {
+      throw badCheckpoint(
+        this.path,
+        `the views of the deflated storage ${describe(entry.name)} reach ${needed} bytes of it to use ${held}; views that skip this much are not supported`,
+      );
+    }
+    return entry.size - needed <= WHOLE_READ_SLACK_BYTES ? entry.size : needed;
+  }
+
   /** The zip entry of a storage, checked to hold exactly the storage's bytes. */
   private storageEntry(storage: StorageRef, user: string): ZipEntryInfo {
     const entryName = `${this.root}data/${storage.key}`;
     const entry = this.zip.entry(entryName);
-    if (entry === undefined) throw badCheckpoint(this.path, `storage of tensor "${user}" is missing (no zip entry "${entryName}")`);
-    const expected = storage.numel * storage.type.itemSize;
+    if (entry === undefined) throw badCheckpoint(this.path, `storage of tensor ${describe(user)} is missing (no zip entry ${describe(entryName)})`);
+    const expected = storage.numel * storage.type.itemSize; // a safe integer: storageLoader checks it
     if (entry.size !== expected) {
       throw badCheckpoint(
         this.path,
-        `storage "${entryName}" of tensor "${user}" holds ${entry.size} bytes, expected ${expected} for ${storage.numel} ${storage.type.dtype} elements`,
+        `storage ${describe(entryName)} of tensor ${describe(user)} holds ${entry.size} bytes, expected ${expected} for ${storage.numel} ${storage.type.dtype} elements`,
       );
     }
     return entry;
@@ -465,6 +509,11 @@ function isContiguous(ref: TensorRef): boolean {
 
 function sameView(a: TensorRef, b: TensorRef): boolean {
   return a.storage === b.storage && a.offset === b.offset && sameShape(a.shape, b.shape) && sameShape(a.stride, b.stride);
+}
+
+/** A shape for a message: the first few sizes of a long one. */
+function shapeText(shape: readonly number[]): string {
+  return shape.length > 8 ? `[${shape.slice(0, 8).join(', ')}, … (${shape.length} dimensions)]` : `[${shape.join(', ')}]`;
 }
 
 function sameShape(a: readonly number[], b: readonly number[]): boolean {
@@ -531,6 +580,10 @@ function mostCommonDType(params: ReadonlyMap<string, TensorRef>): StoredDType {
  * when present, must agree with it.
  */
 export async function readMetaPkl(path: string): Promise<string[]> {
+  return oneLineErrors(path, readMeta(path));
+}
+
+async function readMeta(path: string): Promise<string[]> {
   let bytes: Buffer;
   try {
     const info = await stat(path);
@@ -573,6 +626,20 @@ export async function readMetaPkl(path: string): Promise<string[]> {
     throw badCheckpoint(path, `vocab_size is ${shown(vocabSize)} but itos has ${chars.length} entries`);
   }
   return chars;
+}
+
+/**
+ * Our checks raise MicroGPTErrors; anything else escaping them (a RangeError from an allocation
+ * too large for this machine, say) still reaches the caller as one line naming the file.
+ */
+async function oneLineErrors<T>(path: string, work: Promise<T>): Promise<T> {
+  try {
+    return await work;
+  } catch (err) {
+    if (err instanceof MicroGPTError) throw err;
+    const message = (err instanceof Error ? err.message : String(err)).split('\n', 1)[0] as string;
+    throw new MicroGPTError('ERR_BAD_CHECKPOINT', `${path}: cannot read the checkpoint (${message})`, { cause: err });
+  }
 }
 
 /** A small value as it reads in a message: strings quoted, numbers as they are, others by type. */
