@@ -8,12 +8,14 @@ import { existsSync, readFileSync, rmSync } from 'node:fs';
 import { test } from 'node:test';
 import { MicroGPTError } from '../lib/errors.js';
 import {
+  ORDERED_DICT_GLOBAL,
   PLAIN_DATA_GLOBALS,
   PickleByteArray,
   PickleFrozenSet,
   PickleTuple,
   unpickle,
   type PickleContext,
+  type PickleGlobal,
   type UnpickleOptions,
 } from '../lib/formats/pickle.js';
 import { fixture } from './helpers.js';
@@ -124,6 +126,7 @@ function assertPickleError(fn: () => unknown, code: string, pattern: RegExp): vo
   assert.throws(fn, (err: unknown) => {
     assert.ok(err instanceof MicroGPTError, `expected a MicroGPTError, got ${String(err)}`);
     assert.equal(err.code, code, err.message);
+    assert.ok(!/[\n\r]/.test(err.message), `should be one line: ${JSON.stringify(err.message)}`);
     assert.match(err.message, pattern);
     return true;
   });
@@ -303,4 +306,79 @@ test('ints become numbers inside the safe range and bigints outside it', () => {
     const safe = typeof value === 'number';
     assert.ok(safe ? Number.isSafeInteger(value) : typeof value === 'bigint' && (value > 2n ** 53n - 1n || value < -(2n ** 53n - 1n)), String(value));
   }
+});
+
+// ---- hostile work, depth and names -------------------------------------------------------------------
+
+/** Protocol 2: a memoized list of `pairs` (i, None) pairs handed to OrderedDict `calls` times, each result popped. */
+function repeatedOrderedDict(pairs: number, calls: number): Buffer {
+  const parts = [Buffer.from('\x80\x02ccollections\nOrderedDict\nq\x00]q\x01(', 'latin1')];
+  const pair = Buffer.from('J\x00\x00\x00\x00N\x86', 'latin1');
+  for (let i = 0; i < pairs; i++) {
+    pair.writeInt32LE(i, 1);
+    parts.push(Buffer.from(pair));
+  }
+  parts.push(Buffer.from('e', 'latin1'));
+  const call = Buffer.from('h\x00h\x01\x85R0', 'latin1'); // OrderedDict((list,)), then POP
+  for (let i = 0; i < calls; i++) parts.push(call);
+  parts.push(Buffer.from('N.', 'latin1'));
+  return Buffer.concat(parts);
+}
+
+test('the total work is bounded by the input: a memoized list handed to OrderedDict over and over is refused', () => {
+  // 2.8 MB that would make 200,000 dicts of 200,000 entries: 4e10 steps, hours of work, before the limit.
+  const bytes = repeatedOrderedDict(200_000, 200_000);
+  assert.ok(bytes.length < 3_000_000);
+  assertPickleError(
+    () => unpickle(bytes, { globals: [ORDERED_DICT_GLOBAL], source: 'quadratic.pkl' }),
+    'ERR_BAD_CHECKPOINT',
+    /^quadratic\.pkl: bad pickle at byte \d+: unpickling needs more than its work limit of \d+ container items touched \(4 per input byte \+ 1000000\)/,
+  );
+  // The same pickle with a few calls is fine: the limit is on repetition, not on the list.
+  assert.equal(unpickle(repeatedOrderedDict(200_000, 3), { globals: [ORDERED_DICT_GLOBAL] }), null);
+});
+
+test('every whitelisted global is charged for the items of its arguments', () => {
+  let calls = 0;
+  const count: PickleGlobal = { module: 'm', name: 'count', call: (args) => (calls++, (args[0] as unknown[]).length) };
+  // A 10,000-item list, then count(list) 2,000 times: 20 million items for 30 KB.
+  const list = Buffer.concat([Buffer.from('\x80\x02cm\ncount\nq\x00]q\x01(', 'latin1'), Buffer.from('N'.repeat(10_000), 'latin1'), Buffer.from('e', 'latin1')]);
+  const bytes = Buffer.concat([list, Buffer.from('h\x00h\x01\x85R0'.repeat(2000), 'latin1'), Buffer.from('N.', 'latin1')]);
+  assertPickleError(() => unpickle(bytes, { globals: [count] }), 'ERR_BAD_CHECKPOINT', /work limit of \d+/);
+  assert.ok(calls < 200, `${calls} calls ran`);
+  // The limit is a setting; small pickles get the base allowance.
+  const items = Buffer.from('](' + 'N'.repeat(100) + 'e.', 'latin1');
+  assertPickleError(() => unpickle(items, { limits: { workPerInputByte: 0, baseWork: 50 } }), 'ERR_BAD_CHECKPOINT', /work limit of 50 container items touched \(0 per input byte \+ 50\)/);
+  assert.equal((unpickle(items) as unknown[]).length, 100);
+});
+
+test('nesting depth costs no stack: 500,000 nested lists load', () => {
+  const depth = 500_000;
+  let value = unpickle(Buffer.from('('.repeat(depth) + 'l'.repeat(depth) + '.', 'latin1'));
+  for (let d = 0; d < depth; d++) {
+    assert.ok(Array.isArray(value));
+    value = value.length === 0 ? null : value[0];
+  }
+  assert.equal(value, null);
+});
+
+test('an error of any kind inside unpickling is a one-line MicroGPTError', () => {
+  const persistentLoad = () => {
+    throw new TypeError('the callback failed\non two lines');
+  };
+  assert.throws(
+    () => unpickle(Buffer.from('K\x01Q.', 'latin1'), { persistentLoad, source: 'p.pkl' }),
+    (err: unknown) => {
+      assert.ok(err instanceof MicroGPTError);
+      assert.equal(err.message, 'p.pkl: cannot unpickle at byte 2 (the callback failed)');
+      assert.ok(err.cause instanceof TypeError);
+      return true;
+    },
+  );
+});
+
+test('a global named in the file is quoted, so the refusal stays one line', () => {
+  // STACK_GLOBAL takes its names from strings, which may hold newlines.
+  const bytes = Buffer.from('\x80\x04\x8c\x0bposix\nshell\x8c\x06system\x93.', 'latin1');
+  assertPickleError(() => unpickle(bytes), 'ERR_UNSAFE_PICKLE', /refusing pickle global "posix\\nshell\.system": this pickle may hold only plain data/);
 });

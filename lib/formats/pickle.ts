@@ -15,8 +15,12 @@
  *
  * Every size read from the input is checked against the bytes that remain, and the stack, the
  * memo and integer sizes are bounded, so a hostile or truncated pickle ends in a MicroGPTError
- * instead of a hang, a huge allocation or a crash.
+ * instead of a hang, a huge allocation or a crash. So is the total work: a few bytes can hand a
+ * memoized container of a million items to a constructor again and again, so every step that
+ * touches a container's items is charged for them against a budget proportional to the input.
+ * The machine is a loop, never recursion, so nesting depth costs no stack.
  */
+import { describe } from '../config.js';
 import { MicroGPTError } from '../errors.js';
 
 // ---- values ----------------------------------------------------------------------------------
@@ -101,6 +105,14 @@ export interface PickleLimits {
   readonly maxMemoSize: number;
   /** Longest integer, in bytes of two's complement (LONG1/LONG4) or its text equivalent. */
   readonly maxIntegerBytes: number;
+  /**
+   * Work allowed per input byte, counted in container items built, copied or visited. Python's
+   * pickler touches each item at most twice (built, then handed to a constructor), and an item
+   * takes at least a byte; nanoGPT's checkpoints and vocabularies need under 0.4 per byte.
+   */
+  readonly workPerInputByte: number;
+  /** Work allowed on top of workPerInputByte, so that small pickles are never short of it. */
+  readonly baseWork: number;
 }
 
 /**
@@ -112,6 +124,8 @@ export const DEFAULT_PICKLE_LIMITS: PickleLimits = {
   maxStackSize: 1_000_000,
   maxMemoSize: 4_000_000,
   maxIntegerBytes: 65_536,
+  workPerInputByte: 4,
+  baseWork: 1_000_000,
 };
 
 export interface UnpickleOptions {
@@ -265,6 +279,8 @@ function singleIterableArgument(name: string, args: readonly unknown[], context:
 const HIGHEST_PROTOCOL = 5;
 /** Python 3.11+ refuses to convert longer decimal strings to int (sys.int_info.default_max_str_digits). */
 const MAX_DECIMAL_DIGITS = 4300;
+/** Most significant digits of a 64-bit strtol literal (22 in octal). */
+const MAX_LONG_SIGNIFICANT_DIGITS = 22;
 
 const utf8Decoder = new TextDecoder('utf-8', { fatal: true });
 
@@ -289,6 +305,8 @@ class Unpickler {
   private readonly memo = new Map<number, unknown>();
   /** Which global built an object, so BUILD can go only to that global's setState. */
   private readonly builtBy = new WeakMap<object, PickleGlobal>();
+  private readonly maxWork: number;
+  private work = 0;
 
   constructor(bytes: Uint8Array, options: UnpickleOptions) {
     this.source = options.source ?? 'pickle';
@@ -305,6 +323,7 @@ class Unpickler {
     for (const g of options.globals ?? []) globals.set(globalKey(g.module, g.name), g);
     this.globals = globals;
     this.persistentLoad = options.persistentLoad;
+    this.maxWork = this.limits.workPerInputByte * bytes.length + this.limits.baseWork;
   }
 
   load(): unknown {
@@ -320,12 +339,26 @@ class Unpickler {
       if (err instanceof Truncated) {
         throw new MicroGPTError('ERR_BAD_CHECKPOINT', `${this.source}: truncated pickle at byte ${this.opStart} (${err.message})`);
       }
-      throw err;
+      if (err instanceof MicroGPTError) throw err;
+      // A RangeError (a container too large for JavaScript, memory) or an error of a caller's callback.
+      const message = (err instanceof Error ? err.message : String(err)).split('\n', 1)[0] as string;
+      throw new MicroGPTError('ERR_BAD_CHECKPOINT', `${this.source}: cannot unpickle at byte ${this.opStart} (${message})`, { cause: err });
     }
   }
 
   private get context(): PickleContext {
     return { source: this.source, offset: this.opStart };
+  }
+
+  private charge(units: number): void {
+    this.work += units;
+    if (this.work > this.maxWork) {
+      throw this.fail(
+        `unpickling needs more than its work limit of ${this.maxWork} container items touched ` +
+          `(${this.limits.workPerInputByte} per input byte + ${this.limits.baseWork}); ` +
+          'the pickle hands the same containers to constructors over and over, which no checkpoint does',
+      );
+    }
   }
 
   /** Not private: the protocol-0 text decoders below report through it. */
@@ -393,19 +426,19 @@ class Unpickler {
 
       // containers
       case 0x29: return this.push(new PickleTuple([])); // EMPTY_TUPLE
-      case 0x74: return this.push(new PickleTuple(this.popMark('TUPLE'))); // TUPLE
+      case 0x74: return this.push(new PickleTuple(this.charged(this.popMark('TUPLE')))); // TUPLE
       case 0x85: return this.push(new PickleTuple(this.popN(1, 'TUPLE1'))); // TUPLE1
       case 0x86: return this.push(new PickleTuple(this.popN(2, 'TUPLE2'))); // TUPLE2
       case 0x87: return this.push(new PickleTuple(this.popN(3, 'TUPLE3'))); // TUPLE3
       case 0x5d: return this.push([]); // EMPTY_LIST
-      case 0x6c: return this.push(this.popMark('LIST')); // LIST
+      case 0x6c: return this.push(this.charged(this.popMark('LIST'))); // LIST
       case 0x61: { // APPEND
         const item = this.pop('APPEND');
         this.listAt('APPEND').push(item);
         return;
       }
       case 0x65: { // APPENDS
-        const items = this.popMark('APPENDS');
+        const items = this.charged(this.popMark('APPENDS'));
         const list = this.listAt('APPENDS');
         for (const item of items) list.push(item);
         return;
@@ -413,7 +446,7 @@ class Unpickler {
       case 0x7d: return this.push(new Map()); // EMPTY_DICT
       case 0x64: { // DICT
         const dict = new Map<unknown, unknown>();
-        this.setItems(dict, this.popMark('DICT'), 'DICT');
+        this.setItems(dict, this.charged(this.popMark('DICT')), 'DICT');
         return this.push(dict);
       }
       case 0x73: { // SETITEM
@@ -423,19 +456,19 @@ class Unpickler {
         return;
       }
       case 0x75: { // SETITEMS
-        const items = this.popMark('SETITEMS');
+        const items = this.charged(this.popMark('SETITEMS'));
         this.setItems(this.dictAt('SETITEMS'), items, 'SETITEMS');
         return;
       }
       case 0x8f: return this.push(new Set()); // EMPTY_SET
       case 0x90: { // ADDITEMS
-        const items = this.popMark('ADDITEMS');
+        const items = this.charged(this.popMark('ADDITEMS'));
         const set = this.top('ADDITEMS');
         if (!(set instanceof Set)) throw this.fail(`ADDITEMS needs a set, got ${describePickleValue(set)}`);
         for (const item of items) set.add(item);
         return;
       }
-      case 0x91: return this.push(new PickleFrozenSet(this.popMark('FROZENSET'))); // FROZENSET
+      case 0x91: return this.push(new PickleFrozenSet(this.charged(this.popMark('FROZENSET')))); // FROZENSET
 
       // stack manipulation
       case 0x28: // MARK
@@ -506,6 +539,7 @@ class Unpickler {
           const what = owner === undefined ? describePickleValue(object) : `${owner.module}.${owner.name} objects`;
           throw new MicroGPTError('ERR_UNSAFE_PICKLE', `${this.source}: refusing BUILD (setting state) on ${what} at byte ${this.opStart}`);
         }
+        this.charge(1 + itemCount(state));
         owner.setState(object, state, this.context);
         return;
       }
@@ -537,7 +571,7 @@ class Unpickler {
       const allowed = [...this.globals.values()].map((g) => `${g.module}.${g.name}`);
       const shown = allowed.length > 8 ? `${allowed.slice(0, 6).join(', ')} and ${allowed.length - 6} more` : allowed.join(', ');
       const rule = allowed.length === 0 ? 'this pickle may hold only plain data' : `only ${shown} are allowed`;
-      throw new MicroGPTError('ERR_UNSAFE_PICKLE', `${this.source}: refusing pickle global "${module}.${name}": ${rule}`);
+      throw new MicroGPTError('ERR_UNSAFE_PICKLE', `${this.source}: refusing pickle global ${describe(`${module}.${name}`)}: ${rule}`);
     }
     return new PickleGlobalRef(definition);
   }
@@ -562,6 +596,12 @@ class Unpickler {
         `${this.source}: refusing ${op} on pickle global "${target.qualifiedName}" at byte ${this.opStart}: not supported for it`,
       );
     }
+    // An implementation may touch each item of its arguments (OrderedDict(pairs), set(list),
+    // a tensor's size tuple), so each call is charged for them all: a memoized container handed
+    // to a constructor again and again costs its size every time. None goes deeper than that.
+    let units = 1 + args.length + (kwargs === null ? 0 : kwargs.size);
+    for (const arg of args) units += itemCount(arg);
+    this.charge(units);
     const result = kwargs === null ? call?.(args, this.context) : newObject?.(args, kwargs, this.context);
     if (typeof result === 'object' && result !== null) this.builtBy.set(result, target.definition);
     return result;
@@ -569,6 +609,7 @@ class Unpickler {
 
   private persistent(pid: unknown): unknown {
     if (this.persistentLoad === undefined) throw this.fail('persistent id found, but no persistent_load was given');
+    this.charge(1 + itemCount(pid));
     return this.persistentLoad(pid, this.context);
   }
 
@@ -620,6 +661,12 @@ class Unpickler {
     const dict = this.top(op);
     if (!(dict instanceof Map)) throw this.fail(`${op} needs a dict, got ${describePickleValue(dict)}`);
     return dict;
+  }
+
+  /** The items a container opcode takes off the stack, charged. */
+  private charged(items: unknown[]): unknown[] {
+    this.charge(items.length);
+    return items;
   }
 
   private setItems(dict: Map<unknown, unknown>, items: unknown[], op: string): void {
@@ -740,7 +787,8 @@ class Unpickler {
     if (c !== null) {
       const digits = c[2] as string;
       const literal = /^0[xX]/.test(digits) ? digits : digits.startsWith('0') ? `0o${digits.slice(1) || '0'}` : digits;
-      if (digits.length <= 2 + 2 * this.limits.maxIntegerBytes) {
+      // Only a few significant digits fit 64 bits; more would cost BigInt's superlinear parse for nothing.
+      if (digits.replace(/^(?:0[xX])?0*/, '').length <= MAX_LONG_SIGNIFICANT_DIGITS) {
         const value = c[1] === '-' ? -BigInt(literal) : BigInt(literal);
         if (value >= -(2n ** 63n) && value < 2n ** 63n) {
           if (text.length === 2 && (value === 0n || value === 1n)) return value === 1n;
@@ -779,6 +827,17 @@ const PY2_MODULES: ReadonlyMap<string, string> = new Map([
   ['__builtin__', 'builtins'],
   ['copy_reg', 'copyreg'],
 ]);
+
+/** How many items a value holds, which is what handing it to a constructor may cost. */
+function itemCount(value: unknown): number {
+  if (Array.isArray(value)) return value.length;
+  if (value instanceof PickleTuple) return value.length;
+  if (value instanceof Map || value instanceof Set) return value.size;
+  if (value instanceof PickleFrozenSet) return value.values.size;
+  if (typeof value === 'string' || value instanceof Uint8Array) return value.length;
+  if (value instanceof PickleByteArray) return value.bytes.length;
+  return 0;
+}
 
 function globalKey(module: string, name: string): string {
   // A newline cannot occur in either part of a GLOBAL, so the key is unambiguous.
