@@ -105,6 +105,8 @@ describe('bad files are refused with a message naming the problem', () => {
         assert.ok(err instanceof MicroGPTError, String(err));
         assert.equal(err.code, code);
         assert.match(err.message, /^bad\.safetensors: /);
+        assert.ok(!/[\n\r]/.test(err.message), `should be one line: ${JSON.stringify(err.message)}`);
+        assert.ok(err.message.length < 300, `should be short: ${err.message.length} characters`);
         assert.match(err.message, message);
         return true;
       },
@@ -194,6 +196,38 @@ describe('bad files are refused with a message naming the problem', () => {
       'ERR_INVALID_CONFIG',
     );
     refuses(withHeader((h) => (h['__metadata__']['vocab'] = '[1, 2]')), /vocab must be a JSON array of strings/);
+  });
+
+  test('names and values from the header are quoted and cut short, so a message stays one short line', () => {
+    const name = 'transformer.wpe.weight';
+    const renamed = (h: Record<string, any>, to: string) => {
+      h[to] = h[name];
+      delete h[name];
+    };
+    refuses(withHeader((h) => renamed(h, 'evil\nname')), /unexpected tensor "evil\\nname"/);
+    refuses(withHeader((h) => ((h[name].dtype = 'I64\n'.repeat(100_000)), renamed(h, 'a\r\nb'))), /tensor "a\\r\\nb" has dtype "I64\\nI64\\n.*…; microgpt reads/);
+    refuses(withHeader((h) => (h[name].shape = new Array(100_000).fill(-1))), /"transformer\.wpe\.weight" has an invalid shape \[-1,-1,.*…$/);
+    refuses(withHeader((h) => (h[name].data_offsets = [0, 'x'.repeat(100_000)])), /has data_offsets \[0,"xxx.*… outside the/);
+    refuses(withHeader((h) => (h['__metadata__']['bad\nkey'] = 5)), /__metadata__ entry "bad\\nkey" must be a string/);
+    refuses(withHeader((h) => (h['__metadata__']['microgpt'] = '9\n'.repeat(1000))), /format version "9\\n9\\n.*…" is not supported/);
+  });
+
+  test('a file that cannot be read is a MicroGPTError naming it', async () => {
+    const missing = join(dir, 'missing.safetensors');
+    await assert.rejects(readSafetensors(missing), (err: unknown) => {
+      assert.ok(err instanceof MicroGPTError, String(err));
+      assert.equal(err.code, 'ERR_BAD_CHECKPOINT');
+      assert.match(err.message, /missing\.safetensors: cannot read the file \(ENOENT/);
+      return true;
+    });
+  });
+
+  test('decodeToFloat32 refuses a range outside its bytes rather than reading zeros', () => {
+    const bytes = new Uint8Array(16);
+    assert.throws(() => decodeToFloat32(bytes, 8, 3, 'F32'), RangeError);
+    assert.throws(() => decodeToFloat32(bytes, 0, -1, 'F16'), RangeError);
+    assert.throws(() => decodeToFloat32(bytes, 0, Number.NaN, 'BF16'), RangeError);
+    assert.deepEqual(decodeToFloat32(bytes, 8, 2, 'F32'), new Float32Array(2));
   });
 
   test('a file that is not safetensors at all, read from disk', async () => {

@@ -33,6 +33,10 @@ function halfToFloatTable(): Float32Array {
  * The caller has checked that the range lies inside `bytes`.
  */
 export function decodeToFloat32(bytes: Uint8Array, byteOffset: number, count: number, dtype: StoredDType): Float32Array {
+  // A caller's slip must not read zeros past the end (the F32 copy would) or allocate for nothing.
+  if (!Number.isSafeInteger(byteOffset) || !Number.isSafeInteger(count) || byteOffset < 0 || count < 0 || byteOffset + count * DTYPE_BYTES[dtype] > bytes.length) {
+    throw new RangeError(`decodeToFloat32: ${count} ${dtype} elements at byte ${byteOffset} do not lie inside ${bytes.length} bytes`);
+  }
   const out = new Float32Array(count);
   const start = bytes.byteOffset + byteOffset;
   const view = new DataView(bytes.buffer, start, count * DTYPE_BYTES[dtype]);

@@ -8,8 +8,8 @@
  */
 import { constants as bufferConstants } from 'node:buffer';
 import { open, rename, rm, stat, writeFile } from 'node:fs/promises';
-import { validateConfig, type ModelConfig } from '../config.js';
-import { badCheckpoint } from '../errors.js';
+import { describe, validateConfig, type ModelConfig } from '../config.js';
+import { MicroGPTError, badCheckpoint } from '../errors.js';
 import { assembleWeights, namedTensors, type ModelWeights, type Tensor } from '../weights.js';
 import { DTYPE_BYTES, decodeToFloat32, encodeBFloat16, encodeFloat16, type StoredDType } from './dtype.js';
 
@@ -37,23 +37,40 @@ interface HeaderEntry {
 }
 
 export async function readSafetensors(path: string): Promise<SafetensorsModel> {
-  const info = await stat(path);
-  if (!info.isFile()) throw badCheckpoint(path, 'is not a file');
-  if (info.size > bufferConstants.MAX_LENGTH) {
-    throw badCheckpoint(path, `${info.size} bytes is more than this Node.js can hold in memory`);
-  }
-  const handle = await open(path, 'r');
   let bytes: Buffer;
   try {
-    bytes = await handle.readFile();
-  } finally {
-    await handle.close();
+    const info = await stat(path);
+    if (!info.isFile()) throw badCheckpoint(path, 'is not a file');
+    if (info.size > bufferConstants.MAX_LENGTH) {
+      throw badCheckpoint(path, `${info.size} bytes is more than this Node.js can hold in memory`);
+    }
+    const handle = await open(path, 'r');
+    try {
+      bytes = await handle.readFile();
+    } finally {
+      await handle.close().catch(() => undefined);
+    }
+  } catch (error) {
+    if (error instanceof MicroGPTError) throw error;
+    const message = (error instanceof Error ? error.message : String(error)).split('\n', 1)[0] as string;
+    throw new MicroGPTError('ERR_BAD_CHECKPOINT', `${path}: cannot read the file (${message})`, { cause: error });
   }
   return parseSafetensors(bytes, path);
 }
 
 /** Parses a whole safetensors file held in memory; `source` names it in errors. */
 export function parseSafetensors(bytes: Uint8Array, source: string): SafetensorsModel {
+  try {
+    return parse(bytes, source);
+  } catch (error) {
+    // Our checks raise MicroGPTErrors; anything else (an allocation too large for this machine) is one line too.
+    if (error instanceof MicroGPTError) throw error;
+    const message = (error instanceof Error ? error.message : String(error)).split('\n', 1)[0] as string;
+    throw new MicroGPTError('ERR_BAD_CHECKPOINT', `${source}: cannot read the model (${message})`, { cause: error });
+  }
+}
+
+function parse(bytes: Uint8Array, source: string): SafetensorsModel {
   if (bytes.length < 8) throw badCheckpoint(source, `truncated: ${bytes.length} bytes, too short for a safetensors header`);
   const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   const headerLength = view.getBigUint64(0, true);
@@ -68,7 +85,7 @@ export function parseSafetensors(bytes: Uint8Array, source: string): Safetensors
   try {
     header = JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(bytes.subarray(8, headerEnd)));
   } catch (error) {
-    throw badCheckpoint(source, `the safetensors header is not valid UTF-8 JSON (${(error as Error).message})`);
+    throw badCheckpoint(source, `the safetensors header is not valid UTF-8 JSON (${(error as Error).message.split('\n', 1)[0]})`);
   }
   if (typeof header !== 'object' || header === null || Array.isArray(header)) {
     throw badCheckpoint(source, 'the safetensors header is not a JSON object');
@@ -79,7 +96,7 @@ export function parseSafetensors(bytes: Uint8Array, source: string): Safetensors
     throw badCheckpoint(source, 'no "microgpt" entry in __metadata__: this safetensors file was not written for microgpt (convert it with `microgpt convert`)');
   }
   if (metadata['microgpt'] !== SAFETENSORS_FORMAT_VERSION) {
-    throw badCheckpoint(source, `microgpt format version ${JSON.stringify(metadata['microgpt'])} is not supported (this version reads "${SAFETENSORS_FORMAT_VERSION}")`);
+    throw badCheckpoint(source, `microgpt format version ${describe(metadata['microgpt'])} is not supported (this version reads "${SAFETENSORS_FORMAT_VERSION}")`);
   }
   const config = validateConfig(parseJsonField(metadata, 'config', source), `${source}: __metadata__.config`);
   const vocab = parseVocab(parseJsonField(metadata, 'vocab', source), config, source);
@@ -112,19 +129,20 @@ function readHeader(
         throw badCheckpoint(source, '__metadata__ must be an object of strings');
       }
       for (const [k, v] of Object.entries(value as Record<string, unknown>)) {
-        if (typeof v !== 'string') throw badCheckpoint(source, `__metadata__.${k} must be a string`);
+        if (typeof v !== 'string') throw badCheckpoint(source, `__metadata__ entry ${describe(k)} must be a string`);
         metadata[k] = v;
       }
       continue;
     }
+    const tensor = `tensor ${describe(name)}`;
     const entry = value as { dtype?: unknown; shape?: unknown; data_offsets?: unknown } | null;
-    if (typeof entry !== 'object' || entry === null) throw badCheckpoint(source, `tensor "${name}": header entry is not an object`);
+    if (typeof entry !== 'object' || entry === null) throw badCheckpoint(source, `${tensor}: header entry is not an object`);
     const { dtype, shape, data_offsets: offsets } = entry;
     if (typeof dtype !== 'string' || !READABLE_DTYPES.has(dtype)) {
-      throw badCheckpoint(source, `tensor "${name}" has dtype ${JSON.stringify(dtype)}; microgpt reads F32, F16, BF16 and F64`);
+      throw badCheckpoint(source, `${tensor} has dtype ${shownJson(dtype)}; microgpt reads F32, F16, BF16 and F64`);
     }
     if (!Array.isArray(shape) || shape.length > 8 || !shape.every((d) => Number.isSafeInteger(d) && d >= 0)) {
-      throw badCheckpoint(source, `tensor "${name}" has an invalid shape ${JSON.stringify(shape)}`);
+      throw badCheckpoint(source, `${tensor} has an invalid shape ${shownJson(shape)}`);
     }
     if (
       !Array.isArray(offsets) ||
@@ -135,13 +153,13 @@ function readHeader(
     ) {
       throw badCheckpoint(
         source,
-        `tensor "${name}" has data_offsets ${JSON.stringify(offsets)} outside the ${dataLength} data bytes (truncated file?)`,
+        `${tensor} has data_offsets ${shownJson(offsets)} outside the ${dataLength} data bytes (truncated file?)`,
       );
     }
     const numel = (shape as number[]).reduce((a, b) => a * b, 1);
     const [begin, end] = offsets as [number, number];
     if (end - begin !== numel * DTYPE_BYTES[dtype as StoredDType]) {
-      throw badCheckpoint(source, `tensor "${name}": ${end - begin} bytes do not hold shape [${shape.join(', ')}] of ${dtype}`);
+      throw badCheckpoint(source, `${tensor}: ${end - begin} bytes do not hold shape [${shape.join(', ')}] of ${dtype}`);
     }
     entries.push({ name, dtype: dtype as StoredDType, shape: shape as number[], begin, end });
   }
@@ -149,9 +167,15 @@ function readHeader(
   for (let i = 1; i < sorted.length; i++) {
     const prev = sorted[i - 1]!;
     const cur = sorted[i]!;
-    if (cur.begin < prev.end) throw badCheckpoint(source, `tensors "${prev.name}" and "${cur.name}" overlap in the data`);
+    if (cur.begin < prev.end) throw badCheckpoint(source, `tensors ${describe(prev.name)} and ${describe(cur.name)} overlap in the data`);
   }
   return { metadata, entries };
+}
+
+/** A header value as JSON on one line, cut short if long. */
+function shownJson(value: unknown): string {
+  const text = JSON.stringify(value) ?? String(value);
+  return text.length > 60 ? `${text.slice(0, 60)}…` : text;
 }
 
 function parseJsonField(metadata: Record<string, string>, key: string, source: string): unknown {
