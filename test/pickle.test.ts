@@ -332,7 +332,7 @@ test('the total work is bounded by the input: a memoized list handed to OrderedD
   assertPickleError(
     () => unpickle(bytes, { globals: [ORDERED_DICT_GLOBAL], source: 'quadratic.pkl' }),
     'ERR_BAD_CHECKPOINT',
-    /^quadratic\.pkl: bad pickle at byte \d+: unpickling needs more than its work limit of \d+ container items touched \(4 per input byte \+ 1000000\)/,
+    /^quadratic\.pkl: bad pickle at byte \d+: unpickling exceeds its work limit of \d+ \(container items built, copied or visited: 4 per input byte \+ 1000000, at most 16000000\)/,
   );
   // The same pickle with a few calls is fine: the limit is on repetition, not on the list.
   assert.equal(unpickle(repeatedOrderedDict(200_000, 3), { globals: [ORDERED_DICT_GLOBAL] }), null);
@@ -348,8 +348,22 @@ test('every whitelisted global is charged for the items of its arguments', () =>
   assert.ok(calls < 200, `${calls} calls ran`);
   // The limit is a setting; small pickles get the base allowance.
   const items = Buffer.from('](' + 'N'.repeat(100) + 'e.', 'latin1');
-  assertPickleError(() => unpickle(items, { limits: { workPerInputByte: 0, baseWork: 50 } }), 'ERR_BAD_CHECKPOINT', /work limit of 50 container items touched \(0 per input byte \+ 50\)/);
+  assertPickleError(() => unpickle(items, { limits: { workPerInputByte: 0, baseWork: 50 } }), 'ERR_BAD_CHECKPOINT', /work limit of 50 \(container items built, copied or visited: 0 per input byte \+ 50, at most 16000000\)/);
   assert.equal((unpickle(items) as unknown[]).length, 100);
+});
+
+test('containers built are charged too, and the work has a ceiling, so memory is bounded whatever the input size', () => {
+  // 10,000 empty dicts, about 2 MB of Maps from 10 kB: each is charged as 8 items.
+  const dicts = Buffer.from('](' + '}'.repeat(10_000) + 'e.', 'latin1');
+  assertPickleError(() => unpickle(dicts, { limits: { maxWork: 50_000 } }), 'ERR_BAD_CHECKPOINT', /work limit of 50000 \(container items built, copied or visited: 4 per input byte \+ 1000000, at most 50000\)/);
+  assertPickleError(() => unpickle(dicts, { limits: { baseWork: 0, workPerInputByte: 8 } }), 'ERR_BAD_CHECKPOINT', /work limit of 80032 \(/);
+  assert.equal((unpickle(dicts) as unknown[]).length, 10_000);
+});
+
+test('a str starting with U+FEFF keeps it', () => {
+  // TextDecoder drops a leading byte-order mark unless told not to.
+  assert.equal(unpickle(Buffer.from('X\x04\x00\x00\x00\xef\xbb\xbfa.', 'latin1')), '\ufeffa');
+  assert.equal(unpickle(Buffer.from('\x8c\x03\xef\xbb\xbf.', 'latin1')), '\ufeff');
 });
 
 test('nesting depth costs no stack: 500,000 nested lists load', () => {

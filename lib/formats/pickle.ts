@@ -106,13 +106,19 @@ export interface PickleLimits {
   /** Longest integer, in bytes of two's complement (LONG1/LONG4) or its text equivalent. */
   readonly maxIntegerBytes: number;
   /**
-   * Work allowed per input byte, counted in container items built, copied or visited. Python's
-   * pickler touches each item at most twice (built, then handed to a constructor), and an item
-   * takes at least a byte; nanoGPT's checkpoints and vocabularies need under 0.4 per byte.
+   * Work allowed per input byte, counted in container items built, copied or visited, plus
+   * DICT_WORK per dict or set and SEQUENCE_WORK per list or tuple built. Python's pickler touches
+   * each item at most twice (built, then handed to a constructor), and an item takes at least a
+   * byte; nanoGPT's checkpoints need under 1 per byte, a vocabulary of every code point 0.2.
    */
   readonly workPerInputByte: number;
   /** Work allowed on top of workPerInputByte, so that small pickles are never short of it. */
   readonly baseWork: number;
+  /**
+   * Work allowed in all, whatever the input's size. What a pickle makes us hold is at most some
+   * 40 bytes per unit of work (a dict entry), so this bounds its memory too: some 640 MB by default.
+   */
+  readonly maxWork: number;
 }
 
 /**
@@ -126,6 +132,7 @@ export const DEFAULT_PICKLE_LIMITS: PickleLimits = {
   maxIntegerBytes: 65_536,
   workPerInputByte: 4,
   baseWork: 1_000_000,
+  maxWork: 16_000_000,
 };
 
 export interface UnpickleOptions {
@@ -279,10 +286,17 @@ function singleIterableArgument(name: string, args: readonly unknown[], context:
 const HIGHEST_PROTOCOL = 5;
 /** Python 3.11+ refuses to convert longer decimal strings to int (sys.int_info.default_max_str_digits). */
 const MAX_DECIMAL_DIGITS = 4300;
+/**
+ * Work charged for building a dict or set, and a list or tuple, besides their items: in memory an
+ * empty Map is worth some eight list items, so a pickle of empty dicts cannot outgrow the budget.
+ */
+const DICT_WORK = 8;
+const SEQUENCE_WORK = 2;
 /** Most significant digits of a 64-bit strtol literal (22 in octal). */
 const MAX_LONG_SIGNIFICANT_DIGITS = 22;
 
-const utf8Decoder = new TextDecoder('utf-8', { fatal: true });
+/** ignoreBOM: a leading U+FEFF is part of the text, not a marker to drop. */
+const utf8Decoder = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
 
 /** Thrown internally when the input ends early; turned into the public message by load(). */
 class Truncated extends Error {}
@@ -323,7 +337,7 @@ class Unpickler {
     for (const g of options.globals ?? []) globals.set(globalKey(g.module, g.name), g);
     this.globals = globals;
     this.persistentLoad = options.persistentLoad;
-    this.maxWork = this.limits.workPerInputByte * bytes.length + this.limits.baseWork;
+    this.maxWork = Math.min(this.limits.maxWork, this.limits.workPerInputByte * bytes.length + this.limits.baseWork);
   }
 
   load(): unknown {
@@ -354,9 +368,9 @@ class Unpickler {
     this.work += units;
     if (this.work > this.maxWork) {
       throw this.fail(
-        `unpickling needs more than its work limit of ${this.maxWork} container items touched ` +
-          `(${this.limits.workPerInputByte} per input byte + ${this.limits.baseWork}); ` +
-          'the pickle hands the same containers to constructors over and over, which no checkpoint does',
+        `unpickling exceeds its work limit of ${this.maxWork} (container items built, copied or visited: ` +
+          `${this.limits.workPerInputByte} per input byte + ${this.limits.baseWork}, at most ${this.limits.maxWork}); ` +
+          'the pickle builds or copies far more than its size holds, which no checkpoint does',
       );
     }
   }
@@ -425,13 +439,13 @@ class Unpickler {
         throw this.fail('out-of-band buffers (pickle protocol 5 NEXT_BUFFER/READONLY_BUFFER) are not supported');
 
       // containers
-      case 0x29: return this.push(new PickleTuple([])); // EMPTY_TUPLE
-      case 0x74: return this.push(new PickleTuple(this.charged(this.popMark('TUPLE')))); // TUPLE
-      case 0x85: return this.push(new PickleTuple(this.popN(1, 'TUPLE1'))); // TUPLE1
-      case 0x86: return this.push(new PickleTuple(this.popN(2, 'TUPLE2'))); // TUPLE2
-      case 0x87: return this.push(new PickleTuple(this.popN(3, 'TUPLE3'))); // TUPLE3
-      case 0x5d: return this.push([]); // EMPTY_LIST
-      case 0x6c: return this.push(this.charged(this.popMark('LIST'))); // LIST
+      case 0x29: return this.push(new PickleTuple(this.charged([], SEQUENCE_WORK))); // EMPTY_TUPLE
+      case 0x74: return this.push(new PickleTuple(this.charged(this.popMark('TUPLE'), SEQUENCE_WORK))); // TUPLE
+      case 0x85: return this.push(new PickleTuple(this.charged(this.popN(1, 'TUPLE1'), SEQUENCE_WORK))); // TUPLE1
+      case 0x86: return this.push(new PickleTuple(this.charged(this.popN(2, 'TUPLE2'), SEQUENCE_WORK))); // TUPLE2
+      case 0x87: return this.push(new PickleTuple(this.charged(this.popN(3, 'TUPLE3'), SEQUENCE_WORK))); // TUPLE3
+      case 0x5d: return this.push(this.charged([], SEQUENCE_WORK)); // EMPTY_LIST
+      case 0x6c: return this.push(this.charged(this.popMark('LIST'), SEQUENCE_WORK)); // LIST
       case 0x61: { // APPEND
         const item = this.pop('APPEND');
         this.listAt('APPEND').push(item);
@@ -443,10 +457,12 @@ class Unpickler {
         for (const item of items) list.push(item);
         return;
       }
-      case 0x7d: return this.push(new Map()); // EMPTY_DICT
+      case 0x7d: // EMPTY_DICT
+        this.charge(DICT_WORK);
+        return this.push(new Map());
       case 0x64: { // DICT
         const dict = new Map<unknown, unknown>();
-        this.setItems(dict, this.charged(this.popMark('DICT')), 'DICT');
+        this.setItems(dict, this.charged(this.popMark('DICT'), DICT_WORK), 'DICT');
         return this.push(dict);
       }
       case 0x73: { // SETITEM
@@ -460,7 +476,9 @@ class Unpickler {
         this.setItems(this.dictAt('SETITEMS'), items, 'SETITEMS');
         return;
       }
-      case 0x8f: return this.push(new Set()); // EMPTY_SET
+      case 0x8f: // EMPTY_SET
+        this.charge(DICT_WORK);
+        return this.push(new Set());
       case 0x90: { // ADDITEMS
         const items = this.charged(this.popMark('ADDITEMS'));
         const set = this.top('ADDITEMS');
@@ -468,7 +486,7 @@ class Unpickler {
         for (const item of items) set.add(item);
         return;
       }
-      case 0x91: return this.push(new PickleFrozenSet(this.charged(this.popMark('FROZENSET')))); // FROZENSET
+      case 0x91: return this.push(new PickleFrozenSet(this.charged(this.popMark('FROZENSET'), DICT_WORK))); // FROZENSET
 
       // stack manipulation
       case 0x28: // MARK
@@ -599,7 +617,8 @@ class Unpickler {
     // An implementation may touch each item of its arguments (OrderedDict(pairs), set(list),
     // a tensor's size tuple), so each call is charged for them all: a memoized container handed
     // to a constructor again and again costs its size every time. None goes deeper than that.
-    let units = 1 + args.length + (kwargs === null ? 0 : kwargs.size);
+    // What it returns may be a new dict.
+    let units = DICT_WORK + args.length + (kwargs === null ? 0 : kwargs.size);
     for (const arg of args) units += itemCount(arg);
     this.charge(units);
     const result = kwargs === null ? call?.(args, this.context) : newObject?.(args, kwargs, this.context);
@@ -663,9 +682,9 @@ class Unpickler {
     return dict;
   }
 
-  /** The items a container opcode takes off the stack, charged. */
-  private charged(items: unknown[]): unknown[] {
-    this.charge(items.length);
+  /** The items a container opcode takes, charged with `containerWork` for the container it builds. */
+  private charged(items: unknown[], containerWork = 0): unknown[] {
+    this.charge(containerWork + items.length);
     return items;
   }
 
