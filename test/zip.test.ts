@@ -89,6 +89,17 @@ test('every entry of every real checkpoint reads whole, its CRC-32 checked', asy
   }
 });
 
+test('entry names are UTF-8, a leading U+FEFF included', async () => {
+  const names = ['\ufeffbom', 'naïve/данные', 'plain'];
+  const zip = await ZipReader.open(save(writeZip(names.map((name) => ({ name, data: Buffer.from(name) })))));
+  try {
+    assert.deepEqual(zip.names, names);
+    for (const name of names) assert.equal((await zip.read(name)).toString(), name);
+  } finally {
+    await zip.close();
+  }
+});
+
 test('a zip64 or a deflated copy of a checkpoint loads exactly as the original', async () => {
   const path = fixture('models', 'tiny-bias', 'ckpt.pt');
   const original = await readTorchCheckpoint(path);

@@ -64,7 +64,8 @@ const MAX_CENTRAL_DIRECTORY_BYTES = 64 * 1024 * 1024;
 const READ_CHUNK_BYTES = 16 * 1024 * 1024;
 const INFLATE_INPUT_CHUNK_BYTES = 64 * 1024;
 
-const utf8Decoder = new TextDecoder('utf-8', { fatal: true });
+/** ignoreBOM: a leading U+FEFF is part of the text, not a marker to drop. */
+const utf8Decoder = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
 
 export class ZipReader {
   /** Bytes the inflater produced so far, kept or not: what reading deflated entries has cost. */
