@@ -859,7 +859,8 @@ function itemCount(value: unknown): number {
 }
 
 function globalKey(module: string, name: string): string {
-  // A newline cannot occur in either part of a GLOBAL, so the key is unambiguous.
+  // STACK_GLOBAL names may hold newlines, but whitelisted ones do not: a key with exactly one
+  // newline matches only its own module and name.
   return `${module}\n${name}`;
 }
 
