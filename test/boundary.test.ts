@@ -52,6 +52,8 @@ const MISUSE: readonly (readonly [string, (m: Model) => unknown, RegExp])[] = [
   ['stream(prompt, [])', (m) => m.stream('ab', [] as never), /^generation options must be an object, got an array/],
   ['generateMany(prompt, null)', (m) => m.generateMany('ab', null as never), /^generation options must be an object/],
   ['generate(null)', (m) => m.generate(null as never), /^prompt must be a string/],
+  ['generate(prompt, { topP: "0.5\\n" })', (m) => m.generate('ab', { topP: '0.5\n' as never }), /^topP must be a number in \(0, 1\], got "0.5\\n"$/],
+  ['generate(prompt, { seed: a function })', (m) => m.generate('ab', { seed: (() => 1) as never }), /^seed must be an integer from 0 to \d+, got a function$/],
   ['generate(prompt, { maxNewTokens: NaN })', (m) => m.generate('ab', { maxNewTokens: NaN }), /^maxNewTokens must be an integer/],
   ['evaluate(model, null)', (m) => evaluate(m, null as never), /^text must be a string/],
   ['evaluate(model, text, null)', (m) => evaluate(m, 'abc', null as never), /^evaluate options must be an object, got null/],
