@@ -7,7 +7,7 @@ import { availableParallelism, cpus } from 'node:os';
 import { availableBackends } from '../backends/index.js';
 import type { BackendName } from '../backends/types.js';
 import { linear } from '../backends/js/math.js';
-import { parameterCount, type ModelConfig } from '../config.js';
+import { describe, parameterCount, type ModelConfig } from '../config.js';
 import { invalidArgument } from '../errors.js';
 import { createModel } from '../load.js';
 import type { Model } from '../model.js';
@@ -102,7 +102,7 @@ export async function runBench(options: BenchOptions = {}): Promise<BenchReport>
     if (!available.includes(e)) throw invalidArgument(`backend '${e}' is not available: ${availableBackends().find((b) => b.name === e)?.reason}`);
   }
   const runs = options.runs ?? 5;
-  if (!Number.isInteger(runs) || runs < 1 || runs > 100) throw invalidArgument(`runs must be an integer from 1 to 100, got ${runs}`);
+  if (!Number.isInteger(runs) || runs < 1 || runs > 100) throw invalidArgument(`runs must be an integer from 1 to 100, got ${describe(runs)}`);
   const threads = options.threads ?? availableParallelism();
 
   const probes = engines.includes('native') ? nativeProbes() : null;

@@ -1,3 +1,4 @@
+import { describe } from '../config.js';
 import { invalidArgument } from '../errors.js';
 
 const MASK64 = (1n << 64n) - 1n;
@@ -24,9 +25,9 @@ export class Rng {
 
   constructor(seed: number, stream = 0) {
     if (!Number.isSafeInteger(seed) || seed < 0) {
-      throw invalidArgument(`seed must be an integer from 0 to ${Number.MAX_SAFE_INTEGER}, got ${seed}`);
+      throw invalidArgument(`seed must be an integer from 0 to ${Number.MAX_SAFE_INTEGER}, got ${describe(seed)}`);
     }
-    if (!Number.isSafeInteger(stream) || stream < 0) throw invalidArgument(`stream must be a non-negative integer, got ${stream}`);
+    if (!Number.isSafeInteger(stream) || stream < 0) throw invalidArgument(`stream must be a non-negative integer, got ${describe(stream)}`);
     let state = (BigInt(seed) + BigInt(stream) * STREAM_STRIDE) & MASK64;
     const splitmix = (): bigint => {
       state = (state + 0x9e3779b97f4a7c15n) & MASK64;
