@@ -26,9 +26,12 @@ export function invalidArgument(message: string): MicroGPTError {
 }
 
 export function badCheckpoint(source: string, message: string): MicroGPTError {
-  // A path is printed as it is unless it holds a control character, which would break the line.
-  const shown = /[\u0000-\u001f\u007f]/.test(source) ? quote(source, 1024) : source;
-  return new MicroGPTError('ERR_BAD_CHECKPOINT', `${shown}: ${message}`);
+  return new MicroGPTError('ERR_BAD_CHECKPOINT', `${shownPath(source)}: ${message}`);
+}
+
+/** A path as a message shows it: as it is, unless a control character in it would break the line. */
+export function shownPath(path: string): string {
+  return /[\u0000-\u001f\u007f]/.test(path) ? quote(path, 1024) : path;
 }
 
 /** Precision 'f16' asked of weights float16 cannot hold (the same words for every engine). */

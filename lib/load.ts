@@ -4,7 +4,7 @@ import { fileURLToPath } from 'node:url';
 import { resolveBackend } from './backends/index.js';
 import { MAX_THREADS, type BackendChoice, type PrecisionChoice, type RuntimeOptions } from './backends/types.js';
 import { describe, validateConfig, type ModelConfig } from './config.js';
-import { MicroGPTError, badCheckpoint, invalidArgument } from './errors.js';
+import { MicroGPTError, badCheckpoint, invalidArgument, shownPath } from './errors.js';
 import { readSafetensors } from './formats/safetensors.js';
 import { readMetaPkl, readTorchCheckpoint } from './formats/torch-checkpoint.js';
 import { Model, type ModelSourceInfo } from './model.js';
@@ -79,7 +79,7 @@ export async function readModelFile(source: string, meta?: string): Promise<Mode
   const metaPath = meta ?? (await findMeta(path, checkpoint.dataset));
   const vocab = await readMetaPkl(metaPath);
   if (vocab.length > checkpoint.config.vocabSize) {
-    throw badCheckpoint(metaPath, `holds ${vocab.length} characters but the model in ${path} has vocabSize ${checkpoint.config.vocabSize}`);
+    throw badCheckpoint(metaPath, `holds ${vocab.length} characters but the model in ${shownPath(path)} has vocabSize ${checkpoint.config.vocabSize}`);
   }
   const metadata: Record<string, string> = {};
   if (checkpoint.iterNum !== null) metadata['iterNum'] = String(checkpoint.iterNum);
@@ -95,12 +95,12 @@ export async function readModelFile(source: string, meta?: string): Promise<Mode
 /** A directory is a nanoGPT out_dir: its ckpt.pt. */
 async function checkpointPath(source: string): Promise<string> {
   const info = await stat(source).catch((error: NodeJS.ErrnoException) => {
-    throw new MicroGPTError('ERR_INVALID_ARGUMENT', `cannot read model ${source}: ${error.code === 'ENOENT' ? 'no such file or directory' : error.message}`);
+    throw new MicroGPTError('ERR_INVALID_ARGUMENT', `cannot read model ${shownPath(source)}: ${error.code === 'ENOENT' ? 'no such file or directory' : error.message}`);
   });
   if (!info.isDirectory()) return source;
   const ckpt = join(source, 'ckpt.pt');
   const found = await stat(ckpt).then((s) => s.isFile()).catch(() => false);
-  if (!found) throw invalidArgument(`${source} is a directory without a ckpt.pt: give a .safetensors file, a ckpt.pt or a nanoGPT out_dir`);
+  if (!found) throw invalidArgument(`${shownPath(source)} is a directory without a ckpt.pt: give a .safetensors file, a ckpt.pt or a nanoGPT out_dir`);
   return ckpt;
 }
 
@@ -132,7 +132,7 @@ async function findMeta(checkpoint: string, dataset: string | null): Promise<str
     if (await stat(candidate).then((s) => s.isFile()).catch(() => false)) return candidate;
   }
   throw invalidArgument(
-    `no vocabulary for ${checkpoint}: looked for ${candidates.join(', ')}; pass the meta.pkl that nanoGPT's prepare.py wrote (option meta, or --meta)`,
+    `no vocabulary for ${shownPath(checkpoint)}: looked for ${candidates.map(shownPath).join(', ')}; pass the meta.pkl that nanoGPT's prepare.py wrote (option meta, or --meta)`,
   );
 }
 

@@ -9,6 +9,7 @@ import {
   CONFIG_LIMITS,
   createModel,
   evaluate,
+  loadModel,
   MicroGPTError,
   validateConfig,
   type Model,
@@ -157,6 +158,10 @@ describe('names from a file are quoted in messages', () => {
 
   test('a path holding a newline is quoted', () => {
     assert.throws(() => assembleWeights(CONFIG, new Map(), 'dir\n/x.safetensors'), isOneLineError('ERR_BAD_CHECKPOINT', /^"dir\\n\/x\.safetensors": missing tensor/));
+  });
+
+  test('a model path holding a newline is quoted', async () => {
+    await assert.rejects(loadModel('no/such\ndir'), invalid(/^cannot read model "no\/such\\ndir": no such file or directory$/));
   });
 
   test('a vocabulary entry holding a newline is quoted', () => {

@@ -9,7 +9,7 @@
 import { constants as bufferConstants } from 'node:buffer';
 import { open, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { describe, validateConfig, type ModelConfig } from '../config.js';
-import { MicroGPTError, badCheckpoint } from '../errors.js';
+import { MicroGPTError, badCheckpoint, shownPath } from '../errors.js';
 import { assembleWeights, namedTensors, type ModelWeights, type Tensor } from '../weights.js';
 import { DTYPE_BYTES, decodeToFloat32, encodeBFloat16, encodeFloat16, type StoredDType } from './dtype.js';
 
@@ -53,7 +53,7 @@ export async function readSafetensors(path: string): Promise<SafetensorsModel> {
   } catch (error) {
     if (error instanceof MicroGPTError) throw error;
     const message = (error instanceof Error ? error.message : String(error)).split('\n', 1)[0] as string;
-    throw new MicroGPTError('ERR_BAD_CHECKPOINT', `${path}: cannot read the file (${message})`, { cause: error });
+    throw new MicroGPTError('ERR_BAD_CHECKPOINT', `${shownPath(path)}: cannot read the file (${message})`, { cause: error });
   }
   return parseSafetensors(bytes, path);
 }
@@ -66,7 +66,7 @@ export function parseSafetensors(bytes: Uint8Array, source: string): Safetensors
     // Our checks raise MicroGPTErrors; anything else (an allocation too large for this machine) is one line too.
     if (error instanceof MicroGPTError) throw error;
     const message = (error instanceof Error ? error.message : String(error)).split('\n', 1)[0] as string;
-    throw new MicroGPTError('ERR_BAD_CHECKPOINT', `${source}: cannot read the model (${message})`, { cause: error });
+    throw new MicroGPTError('ERR_BAD_CHECKPOINT', `${shownPath(source)}: cannot read the model (${message})`, { cause: error });
   }
 }
 
@@ -98,7 +98,7 @@ function parse(bytes: Uint8Array, source: string): SafetensorsModel {
   if (metadata['microgpt'] !== SAFETENSORS_FORMAT_VERSION) {
     throw badCheckpoint(source, `microgpt format version ${describe(metadata['microgpt'])} is not supported (this version reads "${SAFETENSORS_FORMAT_VERSION}")`);
   }
-  const config = validateConfig(parseJsonField(metadata, 'config', source), `${source}: __metadata__.config`);
+  const config = validateConfig(parseJsonField(metadata, 'config', source), `${shownPath(source)}: __metadata__.config`);
   const vocab = parseVocab(parseJsonField(metadata, 'vocab', source), config, source);
 
   const data = bytes.subarray(headerEnd);

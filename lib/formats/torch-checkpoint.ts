@@ -12,7 +12,7 @@
  */
 import { open, readFile, stat } from 'node:fs/promises';
 import { CONFIG_LIMITS, configFromModelArgs, describe, type ModelConfig } from '../config.js';
-import { MicroGPTError, badCheckpoint } from '../errors.js';
+import { MicroGPTError, badCheckpoint, shownPath } from '../errors.js';
 import { expectedTensors, type Tensor } from '../weights.js';
 import { decodeToFloat32, type StoredDType } from './dtype.js';
 import {
@@ -233,7 +233,7 @@ async function readCheckpoint(path: string): Promise<TorchCheckpoint> {
     const ckpt = unpickle(await zip.read(`${root}data.pkl`, MAX_DATA_PKL_BYTES), {
       globals: TORCH_GLOBALS,
       persistentLoad: storageLoader(),
-      source: `${path}: data.pkl`,
+      source: `${shownPath(path)}: data.pkl`,
     });
     if (!(ckpt instanceof Map)) {
       throw badCheckpoint(path, `holds a ${describePickleValue(ckpt)}, not nanoGPT's checkpoint dict`);
@@ -242,7 +242,7 @@ async function readCheckpoint(path: string): Promise<TorchCheckpoint> {
     if (!(modelArgs instanceof Map)) {
       throw badCheckpoint(path, "has no 'model_args' dict; expected a checkpoint written by nanoGPT's train.py");
     }
-    const config = configFromModelArgs(stringKeyed(modelArgs), `${path}: model_args`);
+    const config = configFromModelArgs(stringKeyed(modelArgs), `${shownPath(path)}: model_args`);
     const model = ckpt.get('model');
     if (!(model instanceof Map)) throw badCheckpoint(path, "has no 'model' state dict");
     const iterNum = readIterNum(ckpt.get('iter_num'), path);
@@ -593,7 +593,7 @@ async function readMeta(path: string): Promise<string[]> {
     if (err instanceof MicroGPTError) throw err;
     throw badCheckpoint(path, `cannot read the file (${err instanceof Error ? err.message : String(err)})`);
   }
-  const meta = unpickle(bytes, { source: path });
+  const meta = unpickle(bytes, { source: shownPath(path) });
   if (!(meta instanceof Map)) throw badCheckpoint(path, `holds a ${describePickleValue(meta)}, expected nanoGPT's meta dict`);
   const itos = meta.get('itos');
   if (!(itos instanceof Map)) throw badCheckpoint(path, "has no 'itos' dict (id → character)");
@@ -638,7 +638,7 @@ async function oneLineErrors<T>(path: string, work: Promise<T>): Promise<T> {
   } catch (err) {
     if (err instanceof MicroGPTError) throw err;
     const message = (err instanceof Error ? err.message : String(err)).split('\n', 1)[0] as string;
-    throw new MicroGPTError('ERR_BAD_CHECKPOINT', `${path}: cannot read the checkpoint (${message})`, { cause: err });
+    throw new MicroGPTError('ERR_BAD_CHECKPOINT', `${shownPath(path)}: cannot read the checkpoint (${message})`, { cause: err });
   }
 }
 

@@ -16,7 +16,7 @@ import { open, type FileHandle } from 'node:fs/promises';
 import { pipeline } from 'node:stream/promises';
 import { crc32, createInflateRaw } from 'node:zlib';
 import { describe } from '../config.js';
-import { MicroGPTError, badCheckpoint } from '../errors.js';
+import { MicroGPTError, badCheckpoint, shownPath } from '../errors.js';
 
 export interface ZipEntryInfo {
   readonly name: string;
@@ -432,7 +432,7 @@ async function dataStart(file: FileReader, entry: Entry, dataEnd: number): Promi
 /** Errors we raised pass through; anything else (a RangeError, an allocation failure) becomes one line naming the file. */
 function asBadCheckpoint(path: string, err: unknown, what: string): MicroGPTError {
   if (err instanceof MicroGPTError) return err;
-  return new MicroGPTError('ERR_BAD_CHECKPOINT', `${path}: ${what} (${messageOf(err)})`, { cause: err });
+  return new MicroGPTError('ERR_BAD_CHECKPOINT', `${shownPath(path)}: ${what} (${messageOf(err)})`, { cause: err });
 }
 
 function messageOf(err: unknown): string {

@@ -214,6 +214,7 @@ async function main(): Promise<void> {
   process.exitCode = report.findings.length === 0 ? 0 : 1;
 }
 
-if (process.argv[1] === fileURLToPath(import.meta.url)) {
+// Run as a command only: not when a test runner loads the file.
+if (process.argv[1] === fileURLToPath(import.meta.url) && process.env['NODE_TEST_CONTEXT'] === undefined) {
   void main();
 }

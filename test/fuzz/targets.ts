@@ -243,7 +243,7 @@ function options(rng: FuzzRng, plausible: Record<string, () => unknown>): unknow
   for (const [key, make] of Object.entries(plausible)) {
     if (rng.chance(0.4)) o[key] = rng.chance(0.7) ? make() : anyValue(rng);
   }
-  if (rng.chance(0.05)) o[String(anyValue(rng)).slice(0, 20)] = anyValue(rng);
+  if (rng.chance(0.05)) o[rng.pick(['x', 'maxNewToken', '__proto__', 'constructor', ''])] = anyValue(rng); // keys no option has
   return o;
 }
 
