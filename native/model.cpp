@@ -11,7 +11,18 @@
 #include <stdexcept>
 #include <vector>
 
-#if defined(__unix__) || defined(__APPLE__)
+// Under AddressSanitizer big buffers come from operator new too: an overrun past a mapping's end
+// would otherwise go unseen.
+#if defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define MICROGPT_ASAN 1
+#endif
+#endif
+#if defined(__SANITIZE_ADDRESS__)
+#define MICROGPT_ASAN 1
+#endif
+
+#if (defined(__unix__) || defined(__APPLE__)) && !defined(MICROGPT_ASAN)
 #include <sys/mman.h>
 #include <unistd.h>
 #define MICROGPT_HAVE_MMAP 1
