@@ -4,8 +4,11 @@
  *
  * With a KV cache, each new token costs one decode step while the sequence fits in blockSize.
  * Positions are absolute within the cropped window, so once the window slides every cached key
- * and value is stale: from then on each step re-runs the whole window (a fresh prefill), which
- * is exactly nanoGPT's computation.
+ * and value is stale. What happens then is the context policy: 'slide' (the default) re-runs the
+ * whole window at each step (a fresh prefill), which is exactly nanoGPT's computation; 'shift'
+ * keeps the last `keep` tokens, prefills them at positions 0..keep-1 into the same session, and
+ * decodes from the cache until the window is full again (llama.cpp's context shift, re-prefilled
+ * because learned absolute position embeddings cannot be rotated in place as RoPE keys can).
  */
 import { randomInt } from 'node:crypto';
 import type { ModelRuntime } from './backends/types.js';
@@ -45,7 +48,18 @@ export interface GenerateOptions {
   signal?: AbortSignal;
   /** A prompt character outside the vocabulary: 'error' (default) or 'drop' it. */
   unknownCharacters?: 'error' | 'drop';
+  /**
+   * When the window of blockSize tokens is full: 'slide' (default) re-runs the last blockSize
+   * tokens for every new token, exactly as nanoGPT; 'shift' keeps the last `keep` tokens and
+   * decodes from the cache until the window is full again (one keep-token prefill per
+   * blockSize - keep tokens, each token seeing keep to blockSize tokens of context).
+   */
+  context?: ContextPolicy;
+  /** Tokens 'shift' keeps, 1 to blockSize - 1; default floor(blockSize / 2). */
+  keep?: number;
 }
+
+export type ContextPolicy = 'slide' | 'shift';
 
 export interface GenerateManyOptions extends GenerateOptions {
   /** Independent samples from the same prompt (default 1); sample i uses the seed's stream i. */
@@ -71,9 +85,12 @@ export interface GenerationPlan {
   readonly signal: AbortSignal | undefined;
   readonly unknownCharacters: 'error' | 'drop';
   readonly numSamples: number;
+  readonly context: ContextPolicy;
+  /** Tokens kept at a shift ('shift' only; floor(blockSize / 2) under 'slide', unused). */
+  readonly keep: number;
 }
 
-export function planGeneration(options: GenerateManyOptions | undefined, vocabSize: number): GenerationPlan {
+export function planGeneration(options: GenerateManyOptions | undefined, vocabSize: number, blockSize: number): GenerationPlan {
   if (options !== undefined && (typeof options !== 'object' || options === null)) {
     throw invalidArgument('generation options must be an object');
   }
@@ -105,6 +122,17 @@ export function planGeneration(options: GenerateManyOptions | undefined, vocabSi
     throw invalidArgument(`unknownCharacters must be 'error' or 'drop', got ${describe(unknownCharacters)}`);
   }
   const numSamples = integerOption('numSamples', o.numSamples, 1, 1, GENERATION_LIMITS.numSamples);
+  const context = o.context ?? 'slide';
+  if (context !== 'slide' && context !== 'shift') {
+    throw invalidArgument(`context must be 'slide' or 'shift', got ${describe(context)}`);
+  }
+  if (o.keep !== undefined && context !== 'shift') {
+    throw invalidArgument(`keep is the number of tokens context 'shift' keeps; add context: 'shift' or leave keep out`);
+  }
+  if (context === 'shift' && blockSize < 2) {
+    throw invalidArgument(`context 'shift' needs a blockSize of at least 2 (this model's is ${blockSize}); use context 'slide'`);
+  }
+  const keep = integerOption('keep', o.keep, Math.floor(blockSize / 2), 1, blockSize - 1);
   return {
     maxNewTokens,
     sampler: { temperature, topK, topP },
@@ -113,6 +141,8 @@ export function planGeneration(options: GenerateManyOptions | undefined, vocabSi
     signal: o.signal,
     unknownCharacters,
     numSamples,
+    context,
+    keep,
   };
 }
 
@@ -196,6 +226,13 @@ export async function* generateSample(
       if (windowLength < blockSize) {
         window[windowLength++] = token;
         logits = await session.decode(token);
+      } else if (plan.context === 'shift') {
+        // The last `keep` tokens, the new one included, move to positions 0..keep-1.
+        window.copyWithin(0, blockSize - plan.keep + 1);
+        window[plan.keep - 1] = token;
+        windowLength = plan.keep;
+        session.reset();
+        logits = await session.prefill(window.subarray(0, windowLength));
       } else {
         window.copyWithin(0, 1);
         window[blockSize - 1] = token;

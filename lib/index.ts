@@ -12,6 +12,7 @@ export { MicroGPTError, type MicroGPTErrorCode } from './errors.js';
 export {
   GENERATION_DEFAULTS,
   GENERATION_LIMITS,
+  type ContextPolicy,
   type FinishReason,
   type GenerateManyOptions,
   type GenerateOptions,

@@ -112,7 +112,7 @@ export class Model {
   }
 
   private prepare(prompt: string, options: GenerateManyOptions | undefined): { promptIds: number[]; plan: GenerationPlan } {
-    const plan = planGeneration(options, this.tokenizer.size);
+    const plan = planGeneration(options, this.tokenizer.size, this.config.blockSize);
     const promptIds = this.tokenizer.encode(checkPrompt(prompt), { unknown: plan.unknownCharacters });
     if (promptIds.length === 0) throw invalidArgument('prompt has no character of the vocabulary left after dropping unknown ones');
     return { promptIds, plan };

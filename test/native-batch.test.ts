@@ -123,7 +123,7 @@ describe('batched decoding', () => {
       const runtime = await loadRuntime(file.config, file.weights);
       const tokenizer = new CharTokenizer(file.vocab);
       const promptIds = tokenizer.encode(e.greedy.prompt);
-      const plan = planGeneration({ seed: 5, temperature: 1, maxNewTokens: 3 * file.config.blockSize, numSamples: 8 }, tokenizer.size);
+      const plan = planGeneration({ seed: 5, temperature: 1, maxNewTokens: 3 * file.config.blockSize, numSamples: 8 }, tokenizer.size, file.config.blockSize);
       const drain = async (i: number): Promise<GenerationResult> => {
         const gen = generateSample(runtime, tokenizer, promptIds, plan, i);
         for (;;) {
