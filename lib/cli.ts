@@ -23,9 +23,12 @@ const USAGE = `Usage: microgpt <command> [options]
 Commands:
   generate  [--model PATH] [--meta meta.pkl] [--prompt TEXT] [--max-new-tokens N]
             [--temperature T] [--top-k K] [--top-p P] [--seed S] [--num-samples N]
-            [--stop TEXT]... [--backend auto|js|native|cuda] [--threads N]
-            [--precision auto|f32|f16] [--json]
-            Prints the continuation of the prompt (without the prompt).
+            [--stop TEXT]... [--context slide|shift] [--keep K]
+            [--backend auto|js|native|cuda] [--threads N] [--precision auto|f32|f16] [--json]
+            Prints the continuation of the prompt (without the prompt). --context: past
+            blockSize, slide (default) re-runs the last blockSize tokens for every token,
+            exactly as nanoGPT; shift keeps the last K tokens (--keep, default blockSize/2)
+            and decodes from the cache until the window is full again: faster, less context.
   info      [--model PATH] [--meta meta.pkl] [--json]
             Describes a model: config, parameters, vocabulary, format.
   convert   [--model PATH] [--meta meta.pkl] --out FILE.safetensors [--dtype f32|f16|bf16]
@@ -110,10 +113,15 @@ async function generate(args: string[]): Promise<void> {
     seed: { type: 'string' },
     'num-samples': { type: 'string' },
     stop: { type: 'string', multiple: true },
+    context: { type: 'string' },
+    keep: { type: 'string' },
     ...engineFlags,
     json: { type: 'boolean' },
   });
   if (values['help'] === true) return void process.stdout.write(`${USAGE}\n`);
+  const context = values['context'] ?? 'slide';
+  if (context !== 'slide' && context !== 'shift') throw new UsageError(`--context must be slide or shift, got "${String(context)}"`);
+  if (values['keep'] !== undefined && context !== 'shift') throw new UsageError('--keep is the number of tokens --context shift keeps; add --context shift');
   const model = await loadModel(modelPath(values), {
     ...engineOptions(values),
   });
@@ -126,7 +134,9 @@ async function generate(args: string[]): Promise<void> {
       ...optionalNumber(values, 'top-p', 'topP'),
       ...optionalNumber(values, 'seed', 'seed'),
       ...(Array.isArray(values['stop']) ? { stop: values['stop'] as string[] } : {}),
-    };
+      context,
+      ...optionalNumber(values, 'keep', 'keep'),
+    } as const;
     const numSamples = optionalNumber(values, 'num-samples', 'numSamples').numSamples ?? 1;
     const json = values['json'] === true;
     const started = process.hrtime.bigint();

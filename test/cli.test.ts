@@ -5,7 +5,7 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { availableBackends, readSafetensors } from '../lib/index.js';
+import { availableBackends, loadModel, readSafetensors } from '../lib/index.js';
 import { ROOT, expected, fixture } from './helpers.js';
 
 const CLI = join(ROOT, 'dist', 'lib', 'cli.js');
@@ -89,6 +89,19 @@ describe('microgpt generate', () => {
     const r = run('generate', '--model', modelDir, '--prompt', e.greedy.prompt, '--temperature', '0', '--max-new-tokens', '40', '--stop', stop);
     assert.equal(r.status, 0, r.stderr);
     assert.equal(r.stdout, e.greedy.continuation.slice(0, e.greedy.continuation.indexOf(stop)));
+  });
+
+  test('--context shift --keep K generates what the API does with those options', async () => {
+    const options = { seed: 3, temperature: 0.9, maxNewTokens: 4 * e.config.blockSize, context: 'shift', keep: 5 } as const;
+    const r = run('generate', '--model', modelDir, '--prompt', e.greedy.prompt, '--seed', '3', '--temperature', '0.9', '--max-new-tokens', String(options.maxNewTokens), '--context', 'shift', '--keep', '5');
+    assert.equal(r.status, 0, r.stderr);
+    const model = await loadModel(modelDir);
+    assert.equal(r.stdout, await model.generate(e.greedy.prompt, options));
+    assert.notEqual(r.stdout, await model.generate(e.greedy.prompt, { ...options, context: 'slide', keep: undefined }));
+    model.dispose();
+    fails(/--context must be slide or shift, got "wrap"$/, 'generate', '--model', modelDir, '--context', 'wrap');
+    fails(/--keep is the number of tokens --context shift keeps; add --context shift$/, 'generate', '--model', modelDir, '--keep', '4');
+    fails(/keep must be an integer from 1 to 15, got 16$/, 'generate', '--model', modelDir, '--context', 'shift', '--keep', '16');
   });
 
   test('errors are one line and exit code 1', () => {
