@@ -12,6 +12,8 @@ export interface EvaluateOptions {
    * the characters (text[int(n * 0.9):], as shakespeare_char's prepare.py).
    */
   split?: 'all' | 'val';
+  /** Also report the mean loss at each position of the window (lossByPosition). */
+  byPosition?: boolean;
   signal?: AbortSignal;
   /** Called after each window with (windowsDone, windowsTotal). */
   onProgress?: (done: number, total: number) => void;
@@ -26,6 +28,11 @@ export interface Evaluation {
   readonly tokens: number;
   /** Windows of blockSize tokens. */
   readonly windows: number;
+  /**
+   * With byPosition: blockSize entries; entry n - 1 is the mean loss of predicting a window's token
+   * n + 1 from its first n tokens (a context of n), over all windows. Their mean is `loss`.
+   */
+  readonly lossByPosition?: number[];
 }
 
 /** The most characters `evaluate` reads: 256 Mi, well above any corpus a char model trains on. */
@@ -35,10 +42,13 @@ export const MAX_EVAL_CHARACTERS = 256 * 1024 * 1024;
  * Mean cross-entropy over non-overlapping windows: with token ids v (length L) and block size B,
  * window i (0 <= i < floor((L - 1) / B)) predicts v[iB+1 .. iB+B] from v[iB .. iB+B-1]. The tail
  * shorter than a window is not scored. Characters outside the vocabulary are an error.
+ * Position t of a window predicts from a context of t + 1 tokens, so byPosition gives the loss
+ * as a function of the context length: what a context policy that keeps fewer tokens costs.
  */
 export async function evaluate(model: Model, text: string, options?: EvaluateOptions): Promise<Evaluation> {
   if (!(model instanceof Model)) throw invalidArgument('model must be a Model (from loadModel or createModel)');
-  const { split = 'all', signal, onProgress } = optionsObject(options, 'evaluate options');
+  const { split = 'all', byPosition = false, signal, onProgress } = optionsObject(options, 'evaluate options');
+  if (typeof byPosition !== 'boolean') throw invalidArgument(`byPosition must be true or false, got ${describe(byPosition)}`);
   if (signal !== undefined && !(signal instanceof AbortSignal)) throw invalidArgument('signal must be an AbortSignal');
   if (onProgress !== undefined && typeof onProgress !== 'function') throw invalidArgument('onProgress must be a function');
   if (typeof text !== 'string') throw invalidArgument(`text must be a string, got ${typeof text}`);
@@ -57,6 +67,7 @@ export async function evaluate(model: Model, text: string, options?: EvaluateOpt
     throw invalidArgument(`the text has ${ids.length} tokens; evaluating needs at least blockSize + 1 (${B + 1})`);
   }
   let total = 0;
+  const byT = new Float64Array(B);
   for (let w = 0; w < windows; w++) {
     signal?.throwIfAborted();
     const logits = await model.logits(ids.slice(w * B, w * B + B));
@@ -67,12 +78,15 @@ export async function evaluate(model: Model, text: string, options?: EvaluateOpt
       let sum = 0;
       for (let i = 0; i < V; i++) sum += Math.exp((row[i] as number) - max);
       const target = ids[w * B + t + 1] as number;
-      total += Math.log(sum) + max - (row[target] as number); // -log softmax(row)[target]
+      const loss = Math.log(sum) + max - (row[target] as number); // -log softmax(row)[target]
+      total += loss;
+      byT[t] = (byT[t] as number) + loss;
     }
     onProgress?.(w + 1, windows);
     if (w % 8 === 7) await new Promise<void>((resolve) => setImmediate(resolve));
   }
   const tokens = windows * B;
   const loss = total / tokens;
-  return { loss, perplexity: Math.exp(loss), tokens, windows };
+  const result = { loss, perplexity: Math.exp(loss), tokens, windows };
+  return byPosition ? { ...result, lossByPosition: Array.from(byT, (sum) => sum / windows) } : result;
 }
