@@ -97,10 +97,13 @@ async function checkpointPath(source: string): Promise<string> {
   const info = await stat(source).catch((error: NodeJS.ErrnoException) => {
     throw new MicroGPTError('ERR_INVALID_ARGUMENT', `cannot read model ${shownPath(source)}: ${error.code === 'ENOENT' ? 'no such file or directory' : error.message}`);
   });
-  if (!info.isDirectory()) return source;
+  // A FIFO, socket or device would block the read (or never end): only regular files are models.
+  if (info.isFile()) return source;
+  if (!info.isDirectory()) throw invalidArgument(`${shownPath(source)} is not a regular file or a directory`);
   const ckpt = join(source, 'ckpt.pt');
-  const found = await stat(ckpt).then((s) => s.isFile()).catch(() => false);
-  if (!found) throw invalidArgument(`${shownPath(source)} is a directory without a ckpt.pt: give a .safetensors file, a ckpt.pt or a nanoGPT out_dir`);
+  const inner = await stat(ckpt).catch(() => null);
+  if (inner === null) throw invalidArgument(`${shownPath(source)} is a directory without a ckpt.pt: give a .safetensors file, a ckpt.pt or a nanoGPT out_dir`);
+  if (!inner.isFile()) throw invalidArgument(`${shownPath(ckpt)} is not a regular file`);
   return ckpt;
 }
 

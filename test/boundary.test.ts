@@ -2,6 +2,10 @@
 // MicroGPTError that names the argument; configs beyond CONFIG_LIMITS are refused before any
 // allocation.
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { describe, test } from 'node:test';
 import {
   availableBackends,
@@ -17,7 +21,7 @@ import {
   type ModelWeights,
 } from '../lib/index.js';
 import { assembleWeights } from '../lib/weights.js';
-import { randomTestWeights } from './helpers.js';
+import { fixture, randomTestWeights } from './helpers.js';
 
 const CONFIG: ModelConfig = { vocabSize: 8, blockSize: 8, nLayer: 2, nHead: 2, nEmbd: 8, bias: true };
 const VOCAB = ['a', 'b', 'c', 'd', 'e', 'f', 'g', 'h'];
@@ -147,6 +151,22 @@ describe('CONFIG_LIMITS', () => {
       refused(/nLayer x blockSize x nEmbd \(2147483648\) must be at most 268435456/),
     );
     assert.throws(() => validateConfig({ ...base, nHead: 1, nEmbd: 1024 }), refused(/head size nEmbd \/ nHead \(1024\) must be at most 512/));
+  });
+});
+
+describe('model sources that are not files', () => {
+  test('a FIFO, a device or a socket is refused without opening it (a FIFO would block forever)', async (t) => {
+    const dir = mkdtempSync(join(tmpdir(), 'microgpt-fifo-'));
+    try {
+      const fifo = join(dir, 'ckpt.pt');
+      if (spawnSync('mkfifo', [fifo]).status !== 0) return t.skip('no mkfifo on this system');
+      await assert.rejects(loadModel(fifo), invalid(/ckpt\.pt is not a regular file or a directory$/));
+      await assert.rejects(loadModel(dir), invalid(/ckpt\.pt is not a regular file$/));
+      await assert.rejects(loadModel(fixture('models', 'tiny-bias', 'ckpt.pt'), { meta: fifo }), isOneLineError('ERR_BAD_CHECKPOINT', /ckpt\.pt: is not a regular file$/));
+      await assert.rejects(loadModel('/dev/zero'), invalid(/^\/dev\/zero is not a regular file or a directory$/));
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
 

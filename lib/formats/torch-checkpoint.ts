@@ -587,6 +587,7 @@ async function readMeta(path: string): Promise<string[]> {
   let bytes: Buffer;
   try {
     const info = await stat(path);
+    if (!info.isFile()) throw badCheckpoint(path, 'is not a regular file'); // a FIFO would block the read
     if (info.size > MAX_META_PKL_BYTES) throw badCheckpoint(path, `is ${info.size} bytes; a vocabulary file should be far smaller`);
     bytes = await readFile(path);
   } catch (err) {
