@@ -38,7 +38,7 @@ export interface ModelWeights {
 
 /** The matrices: wte (which is also the tied lm_head) and every Linear weight. */
 function matrices(w: ModelWeights): Float32Array[] {
-  return [w.wte, ...w.layers.flatMap((l) => [l.attnWeight, l.attnProjWeight, l.mlpFcWeight, l.mlpProjWeight])];
+  return [w.wte, ...w.layers.flatMap((l) => LINEAR_FIELDS.map((f) => l[f] as Float32Array))];
 }
 
 /**
@@ -49,13 +49,11 @@ export function roundMatricesToFloat16(w: ModelWeights): ModelWeights {
   return {
     ...w,
     wte: roundToFloat16(w.wte),
-    layers: w.layers.map((l) => ({
-      ...l,
-      attnWeight: roundToFloat16(l.attnWeight),
-      attnProjWeight: roundToFloat16(l.attnProjWeight),
-      mlpFcWeight: roundToFloat16(l.mlpFcWeight),
-      mlpProjWeight: roundToFloat16(l.mlpProjWeight),
-    })),
+    layers: w.layers.map((l) => {
+      const rounded: Record<string, Float32Array | null> = { ...l };
+      for (const f of LINEAR_FIELDS) rounded[f] = roundToFloat16(l[f] as Float32Array);
+      return rounded as unknown as LayerWeights;
+    }),
   };
 }
 
@@ -85,33 +83,77 @@ export function matricesBeyondFloat16(w: ModelWeights): boolean {
 }
 
 /**
- * The tensors a checkpoint must hold, with nanoGPT's state_dict names and shapes. This list is
- * the single definition of the model's parameters: loaders check against it and writers follow it.
+ * A transformer block's tensors in state_dict order: the LayerWeights field, the nanoGPT name
+ * under `transformer.h.<i>.`, the shape for width C (a Linear weight is [out, in]), and whether
+ * it is a bias (absent when config.bias is false).
  */
-export function expectedTensors(config: ModelConfig): Map<string, number[]> {
+const LAYER_TENSORS: readonly {
+  readonly field: keyof LayerWeights;
+  readonly name: string;
+  readonly shape: (C: number) => number[];
+  readonly bias: boolean;
+}[] = [
+  { field: 'ln1Weight', name: 'ln_1.weight', shape: (C) => [C], bias: false },
+  { field: 'ln1Bias', name: 'ln_1.bias', shape: (C) => [C], bias: true },
+  { field: 'attnWeight', name: 'attn.c_attn.weight', shape: (C) => [3 * C, C], bias: false },
+  { field: 'attnBias', name: 'attn.c_attn.bias', shape: (C) => [3 * C], bias: true },
+  { field: 'attnProjWeight', name: 'attn.c_proj.weight', shape: (C) => [C, C], bias: false },
+  { field: 'attnProjBias', name: 'attn.c_proj.bias', shape: (C) => [C], bias: true },
+  { field: 'ln2Weight', name: 'ln_2.weight', shape: (C) => [C], bias: false },
+  { field: 'ln2Bias', name: 'ln_2.bias', shape: (C) => [C], bias: true },
+  { field: 'mlpFcWeight', name: 'mlp.c_fc.weight', shape: (C) => [4 * C, C], bias: false },
+  { field: 'mlpFcBias', name: 'mlp.c_fc.bias', shape: (C) => [4 * C], bias: true },
+  { field: 'mlpProjWeight', name: 'mlp.c_proj.weight', shape: (C) => [C, 4 * C], bias: false },
+  { field: 'mlpProjBias', name: 'mlp.c_proj.bias', shape: (C) => [C], bias: true },
+];
+
+/** The Linear weights of a block (the matrices besides wte). */
+const LINEAR_FIELDS: readonly (keyof LayerWeights)[] = LAYER_TENSORS.filter((t) => t.shape(1).length === 2).map((t) => t.field);
+
+/** One tensor of the layout: its name and shape, and where ModelWeights keeps it. */
+export interface TensorSlot {
+  /** nanoGPT's state_dict key. */
+  readonly name: string;
+  /** PyTorch's layout: a Linear weight is [outFeatures, inFeatures]. */
+  readonly shape: number[];
+  /** Its transformer block, or null for wte, wpe and ln_f. */
+  readonly layer: number | null;
+  /** The field of ModelWeights (layer null) or of LayerWeights that holds it. */
+  readonly field: string;
+  /** False for a bias of a model without biases: the field must then be null. */
+  readonly present: boolean;
+}
+
+/** Every slot of `config`, absent biases included, in state_dict order. */
+function tensorSlots(config: ModelConfig): TensorSlot[] {
   const C = config.nEmbd;
-  const out = new Map<string, number[]>();
-  out.set('transformer.wte.weight', [config.vocabSize, C]);
-  out.set('transformer.wpe.weight', [config.blockSize, C]);
-  const linear = (name: string, outF: number, inF: number) => {
-    out.set(`${name}.weight`, [outF, inF]);
-    if (config.bias) out.set(`${name}.bias`, [outF]);
-  };
-  const layerNorm = (name: string) => {
-    out.set(`${name}.weight`, [C]);
-    if (config.bias) out.set(`${name}.bias`, [C]);
-  };
+  const slots: TensorSlot[] = [
+    { name: 'transformer.wte.weight', shape: [config.vocabSize, C], layer: null, field: 'wte', present: true },
+    { name: 'transformer.wpe.weight', shape: [config.blockSize, C], layer: null, field: 'wpe', present: true },
+  ];
   for (let i = 0; i < config.nLayer; i++) {
-    const p = `transformer.h.${i}`;
-    layerNorm(`${p}.ln_1`);
-    linear(`${p}.attn.c_attn`, 3 * C, C);
-    linear(`${p}.attn.c_proj`, C, C);
-    layerNorm(`${p}.ln_2`);
-    linear(`${p}.mlp.c_fc`, 4 * C, C);
-    linear(`${p}.mlp.c_proj`, C, 4 * C);
+    for (const t of LAYER_TENSORS) {
+      slots.push({ name: `transformer.h.${i}.${t.name}`, shape: t.shape(C), layer: i, field: t.field, present: config.bias || !t.bias });
+    }
   }
-  layerNorm('transformer.ln_f');
-  return out;
+  slots.push({ name: 'transformer.ln_f.weight', shape: [C], layer: null, field: 'lnfWeight', present: true });
+  slots.push({ name: 'transformer.ln_f.bias', shape: [C], layer: null, field: 'lnfBias', present: config.bias });
+  return slots;
+}
+
+/**
+ * The model's tensors in nanoGPT's state_dict order, with their names and shapes: the single
+ * definition of the parameters. Loaders check against it, writers follow it, and the native
+ * engine takes its weights in this order, checked by name and shape against its own copy of
+ * this table (native/model.h, tensor_layout; a test holds the two equal).
+ */
+export function tensorLayout(config: ModelConfig): TensorSlot[] {
+  return tensorSlots(config).filter((s) => s.present);
+}
+
+/** The tensors a checkpoint must hold: tensorLayout as a name → shape map, in the same order. */
+export function expectedTensors(config: ModelConfig): Map<string, number[]> {
+  return new Map(tensorLayout(config).map((t) => [t.name, t.shape]));
 }
 
 /**
@@ -148,49 +190,15 @@ export function assembleWeights(config: ModelConfig, tensors: ReadonlyMap<string
     }
     return tensor.data;
   };
-  const optional = (name: string): Float32Array | null => (config.bias ? get(name) : null);
-  const layers: LayerWeights[] = [];
-  for (let i = 0; i < config.nLayer; i++) {
-    const p = `transformer.h.${i}`;
-    layers.push({
-      ln1Weight: get(`${p}.ln_1.weight`),
-      ln1Bias: optional(`${p}.ln_1.bias`),
-      attnWeight: get(`${p}.attn.c_attn.weight`),
-      attnBias: optional(`${p}.attn.c_attn.bias`),
-      attnProjWeight: get(`${p}.attn.c_proj.weight`),
-      attnProjBias: optional(`${p}.attn.c_proj.bias`),
-      ln2Weight: get(`${p}.ln_2.weight`),
-      ln2Bias: optional(`${p}.ln_2.bias`),
-      mlpFcWeight: get(`${p}.mlp.c_fc.weight`),
-      mlpFcBias: optional(`${p}.mlp.c_fc.bias`),
-      mlpProjWeight: get(`${p}.mlp.c_proj.weight`),
-      mlpProjBias: optional(`${p}.mlp.c_proj.bias`),
-    });
+  const top: Record<string, Float32Array | null> = {};
+  const layers: Record<string, Float32Array | null>[] = Array.from({ length: config.nLayer }, () => ({}));
+  for (const slot of tensorSlots(config)) {
+    const data = slot.present ? get(slot.name) : null;
+    if (slot.layer === null) top[slot.field] = data;
+    else (layers[slot.layer] as Record<string, Float32Array | null>)[slot.field] = data;
   }
-  return {
-    wte: get('transformer.wte.weight'),
-    wpe: get('transformer.wpe.weight'),
-    layers,
-    lnfWeight: get('transformer.ln_f.weight'),
-    lnfBias: optional('transformer.ln_f.bias'),
-  };
+  return { ...top, layers } as unknown as ModelWeights;
 }
-
-/** LayerWeights' fields and the nanoGPT names they hold, in state_dict order. */
-const LAYER_FIELDS: readonly (readonly [keyof LayerWeights, string])[] = [
-  ['ln1Weight', 'ln_1.weight'],
-  ['ln1Bias', 'ln_1.bias'],
-  ['attnWeight', 'attn.c_attn.weight'],
-  ['attnBias', 'attn.c_attn.bias'],
-  ['attnProjWeight', 'attn.c_proj.weight'],
-  ['attnProjBias', 'attn.c_proj.bias'],
-  ['ln2Weight', 'ln_2.weight'],
-  ['ln2Bias', 'ln_2.bias'],
-  ['mlpFcWeight', 'mlp.c_fc.weight'],
-  ['mlpFcBias', 'mlp.c_fc.bias'],
-  ['mlpProjWeight', 'mlp.c_proj.weight'],
-  ['mlpProjBias', 'mlp.c_proj.bias'],
-];
 
 /**
  * The inverse of assembleWeights: nanoGPT names and shapes, in state_dict order, for writers and
@@ -210,18 +218,15 @@ export function namedTensors(config: ModelConfig, weights: ModelWeights): Map<st
     fieldOf.set(name, field);
   };
   const w = record(weights, 'weights');
-  put('transformer.wte.weight', 'weights.wte', w['wte']);
-  put('transformer.wpe.weight', 'weights.wpe', w['wpe']);
   const layers = w['layers'];
   if (!Array.isArray(layers) || layers.length !== config.nLayer) {
     throw invalidArgument(`weights.layers must be an array of nLayer (${config.nLayer}) layers, got ${Array.isArray(layers) ? `${layers.length}` : describe(layers)}`);
   }
-  layers.forEach((layer: unknown, i) => {
-    const l = record(layer, `weights.layers[${i}]`);
-    for (const [field, name] of LAYER_FIELDS) put(`transformer.h.${i}.${name}`, `weights.layers[${i}].${field}`, l[field]);
-  });
-  put('transformer.ln_f.weight', 'weights.lnfWeight', w['lnfWeight']);
-  put('transformer.ln_f.bias', 'weights.lnfBias', w['lnfBias']);
+  const layerRecords = layers.map((layer: unknown, i) => record(layer, `weights.layers[${i}]`));
+  for (const slot of tensorSlots(config)) {
+    if (slot.layer === null) put(slot.name, `weights.${slot.field}`, w[slot.field]);
+    else put(slot.name, `weights.layers[${slot.layer}].${slot.field}`, (layerRecords[slot.layer] as Record<string, unknown>)[slot.field]);
+  }
   const expected = expectedTensors(config);
   for (const [name, data] of flat) {
     if (!expected.has(name) && data !== null && data !== undefined) {

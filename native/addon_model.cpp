@@ -104,6 +104,45 @@ int int_field(Napi::Object o, const char* name) {
   return static_cast<int>(d);
 }
 
+std::string shape_text(const std::vector<int>& shape) {
+  std::string out = "[";
+  for (size_t i = 0; i < shape.size(); i++) out += (i ? ", " : "") + std::to_string(shape[i]);
+  return out + "]";
+}
+
+// A config object from JavaScript, checked (types, then check_config).
+Config config_argument(Napi::Env env, Napi::Object c) {
+  Config config;
+  config.vocab_size = int_field(c, "vocabSize");
+  config.block_size = int_field(c, "blockSize");
+  config.n_layer = int_field(c, "nLayer");
+  config.n_head = int_field(c, "nHead");
+  config.n_embd = int_field(c, "nEmbd");
+  Napi::Value bias = c.Get("bias");
+  if (!bias.IsBoolean()) throw Napi::TypeError::New(env, "config.bias must be a boolean");
+  config.bias = bias.As<Napi::Boolean>().Value();
+  const std::string problem = check_config(config);
+  if (!problem.empty()) throw coded(Napi::RangeError::New(env, "invalid config: " + problem), "ERR_INVALID_CONFIG");
+  return config;
+}
+
+// tensorLayout(config): [{ name, shape }] of every tensor, in the order load() takes them.
+Napi::Value tensor_layout_of(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 1 || !info[0].IsObject()) throw Napi::TypeError::New(env, "tensorLayout(config): config must be an object");
+  const std::vector<TensorSpec> layout = tensor_layout(config_argument(env, info[0].As<Napi::Object>()));
+  Napi::Array out = Napi::Array::New(env, layout.size());
+  for (uint32_t i = 0; i < layout.size(); i++) {
+    Napi::Object t = Napi::Object::New(env);
+    t.Set("name", layout[i].name);
+    Napi::Array shape = Napi::Array::New(env, layout[i].shape.size());
+    for (uint32_t d = 0; d < layout[i].shape.size(); d++) shape.Set(d, Napi::Number::New(env, layout[i].shape[d]));
+    t.Set("shape", shape);
+    out.Set(i, t);
+  }
+  return out;
+}
+
 // Copies and checks token ids: an Int32Array of 1..max_length ids in [0, vocab_size).
 std::vector<int> token_ids(Napi::Value value, int max_length, int vocab_size, int start) {
   Napi::Env env = value.Env();
@@ -227,19 +266,8 @@ class NativeModel : public Napi::ObjectWrap<NativeModel> {
     if (info.Length() < 2 || !info[0].IsObject() || !info[1].IsObject()) {
       throw Napi::TypeError::New(env, "new Model(config, options): config and options must be objects");
     }
-    Napi::Object c = info[0].As<Napi::Object>();
     handle_ = std::make_shared<Handle>(env, addon_data(env)->tearing_down);
-    Config& config = handle_->config;
-    config.vocab_size = int_field(c, "vocabSize");
-    config.block_size = int_field(c, "blockSize");
-    config.n_layer = int_field(c, "nLayer");
-    config.n_head = int_field(c, "nHead");
-    config.n_embd = int_field(c, "nEmbd");
-    Napi::Value bias = c.Get("bias");
-    if (!bias.IsBoolean()) throw Napi::TypeError::New(env, "config.bias must be a boolean");
-    config.bias = bias.As<Napi::Boolean>().Value();
-    const std::string problem = check_config(config);
-    if (!problem.empty()) throw coded(Napi::RangeError::New(env, "invalid config: " + problem), "ERR_INVALID_CONFIG");
+    handle_->config = config_argument(env, info[0].As<Napi::Object>());
 
     Napi::Object o = info[1].As<Napi::Object>();
     threads_ = int_field(o, "threads");
@@ -267,29 +295,29 @@ class NativeModel : public Napi::ObjectWrap<NativeModel> {
   }
 
  private:
-  // load(tensors: (Float32Array | null)[]): Promise<void>, in the binding's tensor order.
+  // load(tensors: { name, shape, data: Float32Array }[]): Promise<void>, one entry per tensor of
+  // tensor_layout(config), in its order: each is checked by name, shape and length.
   // The arrays are copied here, before anything runs elsewhere: JavaScript may detach or transfer
   // them while the load runs (structuredClone with transfer, ArrayBuffer.prototype.transfer), and
-  // the worker would then read freed memory. The copy is the cheap part of a load: for the
-  // bundled model's 19 MB, 5-15 ms on the 2-vCPU VM (mostly first touches of its pages; huge
-  // pages halve that), against 20-60 ms to pack them.
+  // the worker would then read freed memory. The copy is the cheap part of a load (figures:
+  // docs/native-measurements.md).
   Napi::Value load(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     if (handle_->disposed) throw disposed_error(env, "model");
     if (handle_->model || handle_->loading) throw Napi::Error::New(env, "the model is already loaded");
     if (info.Length() < 1 || !info[0].IsArray()) throw Napi::TypeError::New(env, "load(tensors): tensors must be an array");
     Napi::Array list = info[0].As<Napi::Array>();
-    const std::vector<size_t> sizes = tensor_sizes(handle_->config);
-    if (list.Length() != sizes.size()) {
-      throw Napi::RangeError::New(env, "load: expected " + std::to_string(sizes.size()) + " tensors, got " +
+    const std::vector<TensorSpec> layout = tensor_layout(handle_->config);
+    if (list.Length() != layout.size()) {
+      throw Napi::RangeError::New(env, "load: expected " + std::to_string(layout.size()) + " tensors, got " +
                                            std::to_string(list.Length()));
     }
     // Each tensor at a multiple of 16 floats (64 bytes), as the engine's own buffers are.
-    std::vector<size_t> offsets(sizes.size());
+    std::vector<size_t> offsets(layout.size());
     size_t total = 0;
-    for (size_t i = 0; i < sizes.size(); i++) {
+    for (size_t i = 0; i < layout.size(); i++) {
       offsets[i] = total;
-      total += (sizes[i] + 15) / 16 * 16;
+      total += (layout[i].size() + 15) / 16 * 16;
     }
     FloatBuffer weights;
     try {
@@ -298,25 +326,39 @@ class NativeModel : public Napi::ObjectWrap<NativeModel> {
       throw Napi::RangeError::New(env, "load: out of memory for a copy of the weights (" +
                                            std::to_string(total * sizeof(float)) + " bytes)");
     }
-    std::vector<const float*> tensors(sizes.size(), nullptr);
+    std::vector<const float*> tensors(layout.size(), nullptr);
     for (uint32_t i = 0; i < list.Length(); i++) {
-      // list.Get may run a getter, which may detach an array: each one is copied as soon as it
-      // is checked, with no JavaScript in between.
+      const TensorSpec& spec = layout[i];
+      const std::string what = "load: tensor " + std::to_string(i) + " (" + spec.name + ")";
       Napi::Value v = list.Get(i);
-      if (sizes[i] == 0) {
-        if (!v.IsNull() && !v.IsUndefined()) throw Napi::TypeError::New(env, "load: tensor " + std::to_string(i) + " must be null (no bias)");
-        continue;
+      if (!v.IsObject()) throw Napi::TypeError::New(env, what + " must be an object { name, shape, data }");
+      Napi::Object t = v.As<Napi::Object>();
+      Napi::Value name = t.Get("name");
+      if (!name.IsString() || name.As<Napi::String>().Utf8Value() != spec.name) {
+        throw Napi::TypeError::New(env, what + ": got a tensor named " +
+                                            (name.IsString() ? "\"" + name.As<Napi::String>().Utf8Value() + "\"" : "(no name)") +
+                                            "; give the tensors in the order of tensorLayout(config)");
       }
-      if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != napi_float32_array) {
-        throw Napi::TypeError::New(env, "load: tensor " + std::to_string(i) + " must be a Float32Array");
+      Napi::Value shape = t.Get("shape");
+      bool same_shape = shape.IsArray() && shape.As<Napi::Array>().Length() == spec.shape.size();
+      for (uint32_t d = 0; same_shape && d < spec.shape.size(); d++) {
+        Napi::Value n = shape.As<Napi::Array>().Get(d);
+        same_shape = n.IsNumber() && n.As<Napi::Number>().DoubleValue() == spec.shape[d];
       }
-      Napi::Float32Array a = v.As<Napi::Float32Array>();
-      if (a.ElementLength() != sizes[i]) {
-        throw Napi::RangeError::New(env, "load: tensor " + std::to_string(i) + " has " + std::to_string(a.ElementLength()) +
-                                             " elements, expected " + std::to_string(sizes[i]));
+      if (!same_shape) throw Napi::RangeError::New(env, what + " must have shape " + shape_text(spec.shape));
+      // Data last: a getter may detach an array, so each one is copied as soon as it is checked,
+      // with no JavaScript in between.
+      Napi::Value data = t.Get("data");
+      if (!data.IsTypedArray() || data.As<Napi::TypedArray>().TypedArrayType() != napi_float32_array) {
+        throw Napi::TypeError::New(env, what + ": data must be a Float32Array");
+      }
+      Napi::Float32Array a = data.As<Napi::Float32Array>();
+      if (a.ElementLength() != spec.size()) {
+        throw Napi::RangeError::New(env, what + " has " + std::to_string(a.ElementLength()) + " elements, expected " +
+                                             std::to_string(spec.size()));
       }
       float* copy = weights.data() + offsets[i];
-      std::memcpy(copy, a.Data(), sizes[i] * sizeof(float));
+      std::memcpy(copy, a.Data(), spec.size() * sizeof(float));
       tensors[i] = copy;
     }
     auto* worker = new LoadWorker(Value(), handle_, std::move(weights), std::move(tensors), isa_, threads_, precision_);
@@ -535,6 +577,7 @@ void register_model_classes(Napi::Env env, Napi::Object exports, AddonData* data
   data->session_class = Napi::Persistent(session);
   exports.Set("Model", model);
   exports.Set("Session", session);
+  exports.Set("tensorLayout", Napi::Function::New(env, tensor_layout_of, "tensorLayout"));
 }
 
 }  // namespace microgpt

@@ -81,25 +81,48 @@ void advise_huge_pages(void* p, size_t bytes) {
 #endif
 }
 
-std::vector<size_t> tensor_sizes(const Config& c) {
-  const size_t C = c.n_embd;
-  const size_t b = c.bias ? 1 : 0;
-  std::vector<size_t> sizes = {static_cast<size_t>(c.vocab_size) * C, static_cast<size_t>(c.block_size) * C, C, b * C};
+std::vector<TensorSpec> tensor_layout(const Config& c) {
+  using R = TensorRole;
+  const int C = c.n_embd;
+  // A block's tensors: name, role, shape, and whether it is a bias (absent without c.bias).
+  struct Entry {
+    const char* name;
+    TensorRole role;
+    std::vector<int> shape;
+    bool bias;
+  };
+  const Entry block[] = {
+      {"ln_1.weight", R::ln1_weight, {C}, false},
+      {"ln_1.bias", R::ln1_bias, {C}, true},
+      {"attn.c_attn.weight", R::attn_weight, {3 * C, C}, false},
+      {"attn.c_attn.bias", R::attn_bias, {3 * C}, true},
+      {"attn.c_proj.weight", R::attn_proj_weight, {C, C}, false},
+      {"attn.c_proj.bias", R::attn_proj_bias, {C}, true},
+      {"ln_2.weight", R::ln2_weight, {C}, false},
+      {"ln_2.bias", R::ln2_bias, {C}, true},
+      {"mlp.c_fc.weight", R::mlp_fc_weight, {4 * C, C}, false},
+      {"mlp.c_fc.bias", R::mlp_fc_bias, {4 * C}, true},
+      {"mlp.c_proj.weight", R::mlp_proj_weight, {C, 4 * C}, false},
+      {"mlp.c_proj.bias", R::mlp_proj_bias, {C}, true},
+  };
+  std::vector<TensorSpec> out;
+  out.push_back({"transformer.wte.weight", {c.vocab_size, C}, R::wte, -1});
+  out.push_back({"transformer.wpe.weight", {c.block_size, C}, R::wpe, -1});
   for (int l = 0; l < c.n_layer; l++) {
-    const size_t layer[kLayerTensors] = {C, b * C, 3 * C * C, b * 3 * C, C * C, b * C,
-                                         C, b * C, 4 * C * C, b * 4 * C, 4 * C * C, b * C};
-    sizes.insert(sizes.end(), layer, layer + kLayerTensors);
+    for (const Entry& e : block) {
+      if (e.bias && !c.bias) continue;
+      out.push_back({"transformer.h." + std::to_string(l) + "." + e.name, e.shape, e.role, l});
+    }
   }
-  return sizes;
+  out.push_back({"transformer.ln_f.weight", {C}, R::lnf_weight, -1});
+  if (c.bias) out.push_back({"transformer.ln_f.bias", {C}, R::lnf_bias, -1});
+  return out;
 }
 
 uint64_t parameter_count(const Config& c) {
-  const uint64_t C = static_cast<uint64_t>(c.n_embd), b = c.bias ? 1 : 0;
-  const uint64_t layer_norm = C + b * C;
-  const uint64_t per_layer = 2 * layer_norm + 3 * C * C + b * 3 * C + C * C + b * C + 4 * C * C + b * 4 * C +
-                             4 * C * C + b * C;
-  return static_cast<uint64_t>(c.vocab_size) * C + static_cast<uint64_t>(c.block_size) * C +
-         static_cast<uint64_t>(c.n_layer) * per_layer + layer_norm;
+  uint64_t n = 0;
+  for (const TensorSpec& t : tensor_layout(c)) n += t.size();
+  return n;  // wte once: the lm_head is tied to it
 }
 
 std::string check_config(const Config& c) {
@@ -298,40 +321,25 @@ void attention(ThreadPool& pool, const Kernels& k, float* att, const float* qkv,
 
 Model::Model(const Config& config, const std::vector<const float*>& tensors, Isa isa, int threads, Precision precision)
     : config_(config), kernels_(&kernels_for(isa)), pool_(threads) {
-  const std::vector<size_t> sizes = tensor_sizes(config);
-  if (tensors.size() != sizes.size()) throw std::invalid_argument("wrong number of tensors");
-  for (size_t i = 0; i < sizes.size(); i++) {
-    if (sizes[i] != 0 && tensors[i] == nullptr) throw std::invalid_argument("missing tensor");
+  const std::vector<TensorSpec> layout = tensor_layout(config);
+  if (tensors.size() != layout.size()) throw std::invalid_argument("wrong number of tensors");
+  for (const float* t : tensors) {
+    if (t == nullptr) throw std::invalid_argument("missing tensor");
   }
   const int C = config.n_embd;
   const int V = config.vocab_size;
   const int B = config.block_size;
 
-  // The matrices: wte (also the tied lm_head) and the Linear weights; their shapes (out, in).
-  auto linear_shape = [&](size_t index, int* out_f, int* in_f) {
-    if (index < kGlobalTensors) return false;
-    switch ((index - kGlobalTensors) % kLayerTensors) {
-      case kAttnWeight: *out_f = 3 * C; *in_f = C; return true;
-      case kAttnProjWeight: *out_f = C; *in_f = C; return true;
-      case kMlpFcWeight: *out_f = 4 * C; *in_f = C; return true;
-      case kMlpProjWeight: *out_f = C; *in_f = 4 * C; return true;
-      default: return false;
-    }
-  };
-  auto is_matrix = [&](size_t index) {
-    int o, in;
-    return index == kWte || linear_shape(index, &o, &in);
-  };
   bool f16 = precision == Precision::f16;
   if (precision == Precision::automatic) {
     f16 = true;
-    for (size_t i = 0; i < sizes.size() && f16; i++) {
-      if (is_matrix(i)) f16 = f16_exact(tensors[i], sizes[i]);
+    for (size_t i = 0; i < layout.size() && f16; i++) {
+      if (layout[i].is_matrix()) f16 = f16_exact(tensors[i], layout[i].size());
     }
   } else if (f16) {
-    for (size_t i = 0; i < sizes.size(); i++) {
-      if (!is_matrix(i)) continue;
-      for (size_t j = 0; j < sizes[i]; j++) {
+    for (size_t i = 0; i < layout.size(); i++) {
+      if (!layout[i].is_matrix()) continue;
+      for (size_t j = 0; j < layout[i].size(); j++) {
         if (!(std::fabs(tensors[i][j]) < 65520.0f)) {
           throw std::invalid_argument("a weight is beyond float16's range (|w| >= 65520, or not finite): keep this model in float32");
         }
@@ -343,19 +351,19 @@ Model::Model(const Config& config, const std::vector<const float*>& tensors, Isa
   // Float32 tensors in one allocation (plain ones at their size, Linear weights packed unless in
   // float16), float16 panels in another; every tensor 64-byte aligned.
   auto rounded = [](size_t n) { return (n + 31) / 32 * 32; };
-  std::vector<size_t> offsets(sizes.size());
+  std::vector<size_t> offsets(layout.size());
   size_t total = 0, half_total = 0;
-  for (size_t i = 0; i < sizes.size(); i++) {
-    int o, in;
-    if (!linear_shape(i, &o, &in)) {
+  for (size_t i = 0; i < layout.size(); i++) {
+    const TensorSpec& t = layout[i];
+    if (!t.is_linear()) {
       offsets[i] = total;
-      total += rounded(sizes[i]);
+      total += rounded(t.size());
     } else if (f16) {
       offsets[i] = half_total;
-      half_total += rounded(packed_size(o, in));
+      half_total += rounded(packed_size(t.shape[0], t.shape[1]));
     } else {
       offsets[i] = total;
-      total += rounded(packed_size(o, in));
+      total += rounded(packed_size(t.shape[0], t.shape[1]));
     }
   }
   const size_t lm_head_offset = f16 ? half_total : total;
@@ -367,22 +375,6 @@ Model::Model(const Config& config, const std::vector<const float*>& tensors, Isa
     w_.half_storage = HalfBuffer(half_total, /*huge=*/true);
     half = w_.half_storage.data();
   }
-  for (size_t i = 0; i < sizes.size(); i++) {
-    if (sizes[i] == 0) continue;
-    int o, in;
-    if (linear_shape(i, &o, &in)) {
-      if (f16) {
-        pack_linear_f16(half + offsets[i], tensors[i], o, in);
-      } else {
-        pack_linear(base + offsets[i], tensors[i], o, in);
-      }
-    } else if (f16 && i == kWte) {
-      // The embedding rows hold the same float16 values as the lm_head panels.
-      for (size_t j = 0; j < sizes[i]; j++) base[offsets[i] + j] = f16_to_f32(f32_to_f16(tensors[i][j]));
-    } else {
-      std::memcpy(base + offsets[i], tensors[i], sizes[i] * sizeof(float));
-    }
-  }
   auto packed = [&](size_t offset) {
     PackedLinear l;
     if (f16) {
@@ -392,24 +384,48 @@ Model::Model(const Config& config, const std::vector<const float*>& tensors, Isa
     }
     return l;
   };
+  w_.layers.assign(static_cast<size_t>(config.n_layer), LayerWeights{});
+  for (size_t i = 0; i < layout.size(); i++) {
+    const TensorSpec& t = layout[i];
+    if (t.is_linear()) {
+      if (f16) {
+        pack_linear_f16(half + offsets[i], tensors[i], t.shape[0], t.shape[1]);
+      } else {
+        pack_linear(base + offsets[i], tensors[i], t.shape[0], t.shape[1]);
+      }
+    } else if (f16 && t.role == TensorRole::wte) {
+      // The embedding rows hold the same float16 values as the lm_head panels.
+      for (size_t j = 0; j < t.size(); j++) base[offsets[i] + j] = f16_to_f32(f32_to_f16(tensors[i][j]));
+    } else {
+      std::memcpy(base + offsets[i], tensors[i], t.size() * sizeof(float));
+    }
+    const float* at = base + offsets[i];
+    LayerWeights* lw = t.layer >= 0 ? &w_.layers[static_cast<size_t>(t.layer)] : nullptr;
+    switch (t.role) {
+      case TensorRole::wte: w_.wte = at; break;
+      case TensorRole::wpe: w_.wpe = at; break;
+      case TensorRole::lnf_weight: w_.lnf_weight = at; break;
+      case TensorRole::lnf_bias: w_.lnf_bias = at; break;
+      case TensorRole::ln1_weight: lw->ln1_weight = at; break;
+      case TensorRole::ln1_bias: lw->ln1_bias = at; break;
+      case TensorRole::attn_weight: lw->attn_weight = packed(offsets[i]); break;
+      case TensorRole::attn_bias: lw->attn_bias = at; break;
+      case TensorRole::attn_proj_weight: lw->attn_proj_weight = packed(offsets[i]); break;
+      case TensorRole::attn_proj_bias: lw->attn_proj_bias = at; break;
+      case TensorRole::ln2_weight: lw->ln2_weight = at; break;
+      case TensorRole::ln2_bias: lw->ln2_bias = at; break;
+      case TensorRole::mlp_fc_weight: lw->mlp_fc_weight = packed(offsets[i]); break;
+      case TensorRole::mlp_fc_bias: lw->mlp_fc_bias = at; break;
+      case TensorRole::mlp_proj_weight: lw->mlp_proj_weight = packed(offsets[i]); break;
+      case TensorRole::mlp_proj_bias: lw->mlp_proj_bias = at; break;
+    }
+  }
+  // The tied lm_head: wte again, packed as a Linear weight (vocab_size, C).
   w_.lm_head = packed(lm_head_offset);
   if (f16) {
-    pack_linear_f16(half + lm_head_offset, tensors[kWte], V, C);
+    pack_linear_f16(half + lm_head_offset, tensors[0], V, C);
   } else {
-    pack_linear(base + lm_head_offset, tensors[kWte], V, C);
-  }
-
-  auto at = [&](size_t i) -> const float* { return sizes[i] == 0 ? nullptr : base + offsets[i]; };
-  w_.wte = at(kWte);
-  w_.wpe = at(kWpe);
-  w_.lnf_weight = at(kLnfWeight);
-  w_.lnf_bias = at(kLnfBias);
-  for (int l = 0; l < config.n_layer; l++) {
-    const size_t o = kGlobalTensors + static_cast<size_t>(l) * kLayerTensors;
-    w_.layers.push_back({at(o + kLn1Weight), at(o + kLn1Bias), packed(offsets[o + kAttnWeight]), at(o + kAttnBias),
-                         packed(offsets[o + kAttnProjWeight]), at(o + kAttnProjBias), at(o + kLn2Weight),
-                         at(o + kLn2Bias), packed(offsets[o + kMlpFcWeight]), at(o + kMlpFcBias),
-                         packed(offsets[o + kMlpProjWeight]), at(o + kMlpProjBias)});
+    pack_linear(base + lm_head_offset, tensors[0], V, C);
   }
 
   // Scratch for R rows; FloatBuffer leaves it untouched, so rows never used cost no memory.

@@ -102,14 +102,35 @@ class AlignedBuffer {
 using FloatBuffer = AlignedBuffer<float>;
 using HalfBuffer = AlignedBuffer<uint16_t>;  // IEEE float16 bits
 
-// The tensors in the order the binding receives them (nanoGPT's state_dict order; biases absent
-// when config.bias is false). Shapes are in TensorShapes().
-enum TensorIndex {
-  kWte, kWpe, kLnfWeight, kLnfBias, kGlobalTensors,
+// What each learned tensor is. The layout table (tensor_layout) gives every tensor of a config
+// its nanoGPT state_dict name, its shape and its role, in state_dict order: the one definition the
+// binding checks the hand-over against (by name and shape) and the packing reads. lib/weights.ts's
+// tensorLayout is the same table; the addon exports this one (`tensorLayout`) and a test holds the
+// two equal.
+enum class TensorRole {
+  wte, wpe,
+  ln1_weight, ln1_bias, attn_weight, attn_bias, attn_proj_weight, attn_proj_bias,
+  ln2_weight, ln2_bias, mlp_fc_weight, mlp_fc_bias, mlp_proj_weight, mlp_proj_bias,
+  lnf_weight, lnf_bias,
 };
-enum LayerTensorIndex {
-  kLn1Weight, kLn1Bias, kAttnWeight, kAttnBias, kAttnProjWeight, kAttnProjBias,
-  kLn2Weight, kLn2Bias, kMlpFcWeight, kMlpFcBias, kMlpProjWeight, kMlpProjBias, kLayerTensors,
+
+struct TensorSpec {
+  std::string name;          // nanoGPT's state_dict key, e.g. "transformer.h.0.mlp.c_fc.weight"
+  std::vector<int> shape;    // PyTorch's layout: a Linear weight is (out_features, in_features)
+  TensorRole role;
+  int layer;                 // its transformer block, or -1
+  size_t size() const {
+    size_t n = 1;
+    for (int d : shape) n *= static_cast<size_t>(d);
+    return n;
+  }
+  // A Linear weight, packed into panels at load.
+  bool is_linear() const {
+    return role == TensorRole::attn_weight || role == TensorRole::attn_proj_weight ||
+           role == TensorRole::mlp_fc_weight || role == TensorRole::mlp_proj_weight;
+  }
+  // What Precision::f16 keeps in float16: the Linear weights and wte (also the tied lm_head).
+  bool is_matrix() const { return is_linear() || role == TensorRole::wte; }
 };
 
 // How a Model keeps its matrices (wte, which is also the tied lm_head, and every Linear weight);
@@ -121,30 +142,30 @@ enum class Precision {
 };
 
 struct LayerWeights {
-  const float* ln1_weight;       // (C)
-  const float* ln1_bias;         // (C) or null
-  PackedLinear attn_weight;      // (3C, C); output rows are q, then k, then v
-  const float* attn_bias;        // (3C) or null
-  PackedLinear attn_proj_weight; // (C, C)
-  const float* attn_proj_bias;   // (C) or null
-  const float* ln2_weight;       // (C)
-  const float* ln2_bias;         // (C) or null
-  PackedLinear mlp_fc_weight;    // (4C, C)
-  const float* mlp_fc_bias;      // (4C) or null
-  PackedLinear mlp_proj_weight;  // (C, 4C)
-  const float* mlp_proj_bias;    // (C) or null
+  const float* ln1_weight = nullptr;       // (C)
+  const float* ln1_bias = nullptr;         // (C) or null
+  PackedLinear attn_weight;                // (3C, C); output rows are q, then k, then v
+  const float* attn_bias = nullptr;        // (3C) or null
+  PackedLinear attn_proj_weight;           // (C, C)
+  const float* attn_proj_bias = nullptr;   // (C) or null
+  const float* ln2_weight = nullptr;       // (C)
+  const float* ln2_bias = nullptr;         // (C) or null
+  PackedLinear mlp_fc_weight;              // (4C, C)
+  const float* mlp_fc_bias = nullptr;      // (4C) or null
+  PackedLinear mlp_proj_weight;            // (C, 4C)
+  const float* mlp_proj_bias = nullptr;    // (C) or null
 };
 
 struct Weights {
   FloatBuffer storage;            // every float32 tensor below, in one allocation
   HalfBuffer half_storage;        // the packed matrices instead, when kept in float16
   bool f16 = false;
-  const float* wte;               // (vocab_size, C) row-major: the token embedding
+  const float* wte = nullptr;     // (vocab_size, C) row-major: the token embedding
   PackedLinear lm_head;           // (vocab_size, C): the same matrix, tied, for the logits
-  const float* wpe;               // (block_size, C)
+  const float* wpe = nullptr;     // (block_size, C)
   std::vector<LayerWeights> layers;  // (n_layer)
-  const float* lnf_weight;        // (C)
-  const float* lnf_bias;          // (C) or null
+  const float* lnf_weight = nullptr;  // (C)
+  const float* lnf_bias = nullptr;    // (C) or null
 };
 
 // Activations of one batched forward pass of up to R = block_size + kMaxBatch rows (one full
@@ -230,8 +251,8 @@ struct BatchStats {
   uint64_t caches_allocated = 0;  // KV caches made (the others were reused from the pool)
 };
 
-// Expected element count of each input tensor, in binding order; 0 where a bias is absent.
-std::vector<size_t> tensor_sizes(const Config& c);
+// Every tensor of `c` in state_dict order (biases only when c.bias). `c` must pass check_config.
+std::vector<TensorSpec> tensor_layout(const Config& c);
 // Why the engine cannot run `c` (a size not positive or beyond ConfigLimits, C not a multiple of
 // n_head, ...), in one sentence naming the field; empty when it can.
 std::string check_config(const Config& c);
@@ -240,7 +261,8 @@ uint64_t parameter_count(const Config& c);
 
 class Model {
  public:
-  // `tensors`: pointers in tensor_sizes() order (null where absent), copied and packed here.
+  // `tensors`: one pointer per tensor_layout(config) entry, in its order, each to that tensor's
+  // size() floats; copied and packed here.
   // Throws std::invalid_argument when Precision::f16 is asked of weights beyond float16's range.
   Model(const Config& config, const std::vector<const float*>& tensors, Isa isa, int threads,
         Precision precision = Precision::f32);

@@ -4,7 +4,7 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import { loadAddon, type AddonIsa } from '../lib/backends/native/binding.js';
-import { nativeBackend, type NativeRuntime, type NativeRuntimeOptions } from '../lib/backends/native/index.js';
+import { addonTensors, nativeBackend, type NativeRuntime, type NativeRuntimeOptions } from '../lib/backends/native/index.js';
 import type { InferenceSession } from '../lib/backends/types.js';
 import type { ModelConfig } from '../lib/config.js';
 import { generateSample, planGeneration, type GenerationResult } from '../lib/generate.js';
@@ -242,12 +242,7 @@ describe('batched decoding', () => {
 
   test('the raw prefillMany checks its arguments and rejects a bad pair alone', async () => {
     const addon = load.addon!;
-    const w = WEIGHTS;
-    const tensors: (Float32Array | null)[] = [w.wte, w.wpe, w.lnfWeight, w.lnfBias];
-    for (const l of w.layers) {
-      tensors.push(l.ln1Weight, l.ln1Bias, l.attnWeight, l.attnBias, l.attnProjWeight, l.attnProjBias);
-      tensors.push(l.ln2Weight, l.ln2Bias, l.mlpFcWeight, l.mlpFcBias, l.mlpProjWeight, l.mlpProjBias);
-    }
+    const tensors = addonTensors(CONFIG, WEIGHTS);
     const m = new addon.Model(CONFIG, { threads: 1 });
     const other = new addon.Model(CONFIG, { threads: 1 });
     await Promise.all([m.load(tensors), other.load(tensors)]);

@@ -4,7 +4,8 @@
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { describe, test } from 'node:test';
-import { loadAddon, type Addon, type AddonModel } from '../lib/backends/native/binding.js';
+import { loadAddon, type Addon, type AddonModel, type AddonTensor } from '../lib/backends/native/binding.js';
+import { addonTensors } from '../lib/backends/native/index.js';
 import { MAX_THREADS } from '../lib/backends/types.js';
 import type { ModelConfig } from '../lib/config.js';
 import { randomTestWeights } from './helpers.js';
@@ -46,15 +47,9 @@ function addon(): Addon {
   return addon;
 }
 
-/** The weights of `config` in the binding's tensor order (binding.ts: AddonModel.load). */
-function tensorsOf(config: ModelConfig, seed: number): (Float32Array | null)[] {
-  const w = randomTestWeights(config, seed);
-  const out: (Float32Array | null)[] = [w.wte, w.wpe, w.lnfWeight, w.lnfBias];
-  for (const l of w.layers) {
-    out.push(l.ln1Weight, l.ln1Bias, l.attnWeight, l.attnBias, l.attnProjWeight, l.attnProjBias);
-    out.push(l.ln2Weight, l.ln2Bias, l.mlpFcWeight, l.mlpFcBias, l.mlpProjWeight, l.mlpProjBias);
-  }
-  return out;
+/** Random weights of `config` as the addon's load() takes them (binding.ts: AddonModel.load). */
+function tensorsOf(config: ModelConfig, seed: number): AddonTensor[] {
+  return addonTensors(config, randomTestWeights(config, seed));
 }
 
 const SMALL: ModelConfig = { vocabSize: 11, blockSize: 16, nLayer: 2, nHead: 2, nEmbd: 32, bias: true };
@@ -106,8 +101,8 @@ describe('environment teardown', () => {
         const { addon } = loadAddon();
         const C = 32;
         const model = new addon.Model({ vocabSize: 8, blockSize: 16, nLayer: 1, nHead: 2, nEmbd: C, bias: false }, { threads: 1 });
-        const sizes = [8 * C, 16 * C, C, 0, C, 0, 3 * C * C, 0, C * C, 0, C, 0, 4 * C * C, 0, 4 * C * C, 0];
-        await model.load(sizes.map((n) => (n ? new Float32Array(n).fill(0.01) : null)));
+        const config = { vocabSize: 8, blockSize: 16, nLayer: 1, nHead: 2, nEmbd: C, bias: false };
+        await model.load(addon.tensorLayout(config).map((t) => ({ ...t, data: new Float32Array(t.shape.reduce((a, b) => a * b)).fill(0.01) })));
         const sessions = [model.createSession(), model.createSession()];
         const ids = [Int32Array.of(1)];
         Object.defineProperty(ids, 1, { get() { process.exit(0); }, enumerable: true });
@@ -197,25 +192,20 @@ describe('weights', () => {
       const gc = vm.runInNewContext('gc');
       const { loadAddon } = await import(${JSON.stringify(BINDING)});
       const { randomWeights } = await import(${JSON.stringify(LIB + 'bench/shapes.js')});
+      const { addonTensors } = await import(${JSON.stringify(LIB + 'backends/native/index.js')});
       const { addon } = loadAddon();
       const config = { vocabSize: 65, blockSize: 64, nLayer: 6, nHead: 6, nEmbd: 384, bias: true };
-      const tensorsOf = (w) => {
-        const out = [w.wte, w.wpe, w.lnfWeight, w.lnfBias];
-        for (const l of w.layers) out.push(l.ln1Weight, l.ln1Bias, l.attnWeight, l.attnBias, l.attnProjWeight, l.attnProjBias,
-                                           l.ln2Weight, l.ln2Bias, l.mlpFcWeight, l.mlpFcBias, l.mlpProjWeight, l.mlpProjBias);
-        return out;
-      };
-      const tensors = tensorsOf(randomWeights(config));
-      const kept = tensors.map((t) => t.slice());
+      const tensors = addonTensors(config, randomWeights(config));
+      const kept = tensors.map((t) => ({ ...t, data: t.data.slice() }));
       const ids = Int32Array.of(1, 2, 3, 4, 5);
       const reference = new addon.Model(config, { threads: 1 });
       await reference.load(kept);
       const want = await reference.forward(ids);
       const model = new addon.Model(config, { threads: 1 });
       const loading = model.load(tensors);
-      for (const t of tensors) structuredClone(t.buffer, { transfer: [t.buffer] });
+      for (const t of tensors) structuredClone(t.data.buffer, { transfer: [t.data.buffer] });
       gc();
-      let detached = tensors.every((t) => t.length === 0);
+      let detached = tensors.every((t) => t.data.length === 0);
       await loading;
       const got = await model.forward(ids);
       let same = got.length === want.length;
@@ -227,10 +217,10 @@ describe('weights', () => {
 
   test('an array detached before load() is a clean error', async () => {
     const tensors = tensorsOf(SMALL, 2);
-    const wte = tensors[0] as Float32Array;
+    const wte = (tensors[0] as AddonTensor).data;
     structuredClone(wte.buffer, { transfer: [wte.buffer as ArrayBuffer] });
     const model = new (addon().Model)(SMALL, { threads: 1 });
-    assert.throws(() => model.load(tensors), /^RangeError: load: tensor 0 has 0 elements, expected 352$/);
+    assert.throws(() => model.load(tensors), /^RangeError: load: tensor 0 \(transformer\.wte\.weight\) has 0 elements, expected 352$/);
     model.dispose();
   });
 });
@@ -286,10 +276,8 @@ describe('native memory V8 is told of', () => {
       const { addon } = loadAddon();
       const C = 128;
       const config = { vocabSize: 64, blockSize: 64, nLayer: 2, nHead: 4, nEmbd: C, bias: false };
-      const sizes = [64 * C, 64 * C, C, 0];
-      for (let l = 0; l < 2; l++) sizes.push(C, 0, 3 * C * C, 0, C * C, 0, C, 0, 4 * C * C, 0, 4 * C * C, 0);
-      const tensors = sizes.map((n) => (n ? new Float32Array(n).fill(0.01) : null));
-      const weightBytes = 4 * sizes.reduce((a, b) => a + b, 0);
+      const tensors = addon.tensorLayout(config).map((t) => ({ ...t, data: new Float32Array(t.shape.reduce((a, b) => a * b)).fill(0.01) }));
+      const weightBytes = 4 * tensors.reduce((a, t) => a + t.data.length, 0);
       const cacheBytes = 2 * 2 * 64 * C * 4; // keys and values, 2 layers, 64 positions
       const settle = async () => { for (let i = 0; i < 3; i++) { gc(); await new Promise((r) => setTimeout(r, 10)); } };
       const use = async (dispose) => {
@@ -336,6 +324,20 @@ describe('config limits', () => {
   test("the addon's limits are lib/config.ts's CONFIG_LIMITS", async () => {
     const { CONFIG_LIMITS } = await import('../lib/config.js');
     assert.deepEqual({ ...addon().configLimits }, { ...CONFIG_LIMITS });
+  });
+
+  test("the addon's tensor table is lib/weights.ts's tensorLayout: names, shapes and order", async () => {
+    const { tensorLayout, parameterCountOf } = await import('../lib/weights.js').then((w) => ({
+      tensorLayout: w.tensorLayout,
+      parameterCountOf: (c: ModelConfig) => w.tensorLayout(c).reduce((n, t) => n + t.shape.reduce((a, b) => a * b, 1), 0),
+    }));
+    const { parameterCount } = await import('../lib/config.js');
+    for (const config of [SMALL, { ...SMALL, bias: false }, { vocabSize: 50257, blockSize: 1024, nLayer: 12, nHead: 12, nEmbd: 768, bias: true }]) {
+      const ts = tensorLayout(config).map((t) => ({ name: t.name, shape: t.shape }));
+      assert.deepEqual(addon().tensorLayout(config), ts, JSON.stringify(config));
+      assert.equal(parameterCountOf(config), parameterCount(config));
+    }
+    assert.throws(() => addon().tensorLayout({ ...SMALL, nEmbd: 33 }), /multiple of nHead/);
   });
 
   test('the addon checks every limit on its own, naming the field', () => {

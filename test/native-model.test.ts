@@ -4,8 +4,8 @@ import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import { availableBackends } from '../lib/backends/index.js';
 import { jsBackend } from '../lib/backends/js/index.js';
-import { loadAddon, type AddonIsa } from '../lib/backends/native/binding.js';
-import { nativeBackend } from '../lib/backends/native/index.js';
+import { loadAddon, type AddonIsa, type AddonTensor } from '../lib/backends/native/binding.js';
+import { addonTensors, nativeBackend } from '../lib/backends/native/index.js';
 import type { ModelConfig } from '../lib/config.js';
 import { loadModel, MicroGPTError, readModelFile, type Model } from '../lib/index.js';
 import { checkKvCacheChunking, expected, expectedLogits, fixture, maxAbsDiff, MODEL_NAMES, randomTestWeights, runChild } from './helpers.js';
@@ -195,15 +195,23 @@ describe('bad input gives errors, not crashes', () => {
     assert.throws(() => new addon.Model(config, { threads: 1, isa: 'mmx' as AddonIsa }), /unknown instruction set/);
     const m = new addon.Model(config, { threads: 1 });
     assert.throws(() => m.forward(Int32Array.of(1)), /not loaded/);
-    const w = file.weights;
-    const tensors: (Float32Array | null)[] = [w.wte, w.wpe, w.lnfWeight, w.lnfBias];
-    for (const l of w.layers) {
-      tensors.push(l.ln1Weight, l.ln1Bias, l.attnWeight, l.attnBias, l.attnProjWeight, l.attnProjBias);
-      tensors.push(l.ln2Weight, l.ln2Bias, l.mlpFcWeight, l.mlpFcBias, l.mlpProjWeight, l.mlpProjBias);
-    }
+    const tensors = addonTensors(config, file.weights);
+    const [wte, wpe] = tensors as [AddonTensor, AddonTensor];
     assert.throws(() => m.load([]), new RegExp(`expected ${tensors.length} tensors, got 0`));
-    assert.throws(() => m.load(tensors.map(() => null)), /must be a Float32Array/);
-    assert.throws(() => m.load([w.wpe, ...tensors.slice(1)]), /tensor 0 has \d+ elements, expected \d+/);
+    assert.throws(() => m.load(tensors.map(() => null as unknown as AddonTensor)), /tensor 0 \(transformer\.wte\.weight\) must be an object/);
+    assert.throws(() => m.load(tensors.map((t) => ({ ...t, data: null as unknown as Float32Array }))), /data must be a Float32Array/);
+    assert.throws(() => m.load([{ ...wte, data: wpe.data }, ...tensors.slice(1)]), /tensor 0 \(transformer\.wte\.weight\) has \d+ elements, expected \d+/);
+    // Checked by name and shape, not just length: two tensors of one size swapped are refused.
+    const swap = (i: number, j: number) => tensors.map((t, k) => (k === i ? tensors[j] : k === j ? tensors[i] : t) as AddonTensor);
+    const index = (name: string) => tensors.findIndex((t) => t.name === name);
+    assert.throws(
+      () => m.load(swap(index('transformer.h.0.mlp.c_fc.weight'), index('transformer.h.0.mlp.c_proj.weight'))),
+      /tensor \d+ \(transformer\.h\.0\.mlp\.c_fc\.weight\): got a tensor named "transformer\.h\.0\.mlp\.c_proj\.weight"/,
+    );
+    assert.throws(() => m.load(swap(index('transformer.h.0.ln_1.weight'), index('transformer.h.0.ln_1.bias'))), /got a tensor named/);
+    const fc = index('transformer.h.0.mlp.c_fc.weight');
+    const transposed = tensors.map((t, k) => (k === fc ? { ...t, shape: [...t.shape].reverse() } : t));
+    assert.throws(() => m.load(transposed), /\(transformer\.h\.0\.mlp\.c_fc\.weight\) must have shape \[\d+, \d+\]/);
     await m.load(tensors);
     const s = m.createSession();
     const first = s.prefill(Int32Array.of(1));

@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import { jsBackend } from '../lib/backends/js/index.js';
 import { loadAddon, type Addon, type AddonIsa } from '../lib/backends/native/binding.js';
-import { nativeBackend } from '../lib/backends/native/index.js';
+import { addonTensors, nativeBackend } from '../lib/backends/native/index.js';
 import type { ModelConfig } from '../lib/config.js';
 import { roundToFloat16 } from '../lib/formats/dtype.js';
 import { loadModel, MicroGPTError, readModelFile } from '../lib/index.js';
@@ -146,12 +146,7 @@ describe('models kept in float16', () => {
     auto.dispose();
     // The addon refuses on its own too (defence in depth), with a rejected promise, not a crash.
     const m = new addon.Model(config, { threads: 1, precision: 'f16' });
-    const w = weights;
-    const l = w.layers[0]!;
-    await assert.rejects(
-      m.load([w.wte, w.wpe, w.lnfWeight, w.lnfBias, l.ln1Weight, l.ln1Bias, l.attnWeight, l.attnBias, l.attnProjWeight, l.attnProjBias, l.ln2Weight, l.ln2Bias, l.mlpFcWeight, l.mlpFcBias, l.mlpProjWeight, l.mlpProjBias]),
-      /beyond float16's range/,
-    );
+    await assert.rejects(m.load(addonTensors(config, weights)), /beyond float16's range/);
     assert.throws(() => new addon.Model(config, { threads: 1, precision: 'f8' as 'f16' }), /precision must be 'f32', 'f16' or 'auto'/);
   });
 

@@ -130,11 +130,10 @@ const Spec kSpecs[] = {
 std::vector<std::vector<float>> random_tensors(const Config& c, uint32_t seed) {
   std::vector<std::vector<float>> tensors;
   uint32_t s = seed;
-  const std::vector<size_t> sizes = tensor_sizes(c);
-  for (size_t i = 0; i < sizes.size(); i++) {
-    const bool norm_weight = i == kLnfWeight || (i >= kGlobalTensors && ((i - kGlobalTensors) % kLayerTensors == kLn1Weight ||
-                                                                         (i - kGlobalTensors) % kLayerTensors == kLn2Weight));
-    std::vector<float> t(sizes[i]);
+  for (const TensorSpec& spec : tensor_layout(c)) {
+    const bool norm_weight = spec.role == TensorRole::lnf_weight || spec.role == TensorRole::ln1_weight ||
+                             spec.role == TensorRole::ln2_weight;
+    std::vector<float> t(spec.size());
     for (float& v : t) {
       s = s * 1664525u + 1013904223u;
       const float u = static_cast<float>(s >> 8) / 16777216.0f * 2.0f - 1.0f;
@@ -147,13 +146,13 @@ std::vector<std::vector<float>> random_tensors(const Config& c, uint32_t seed) {
 
 struct TestWeights {
   std::vector<std::vector<float>> storage;
-  std::vector<const float*> pointers;  // null where a tensor is absent
+  std::vector<const float*> pointers;  // in tensor_layout() order
 };
 
 TestWeights weights_for(const Config& c, uint32_t seed) {
   TestWeights w;
   w.storage = random_tensors(c, seed);
-  for (const auto& t : w.storage) w.pointers.push_back(t.empty() ? nullptr : t.data());
+  for (const auto& t : w.storage) w.pointers.push_back(t.data());
   return w;
 }
 

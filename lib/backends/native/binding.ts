@@ -25,6 +25,21 @@ export interface AddonModelOptions {
   readonly precision?: 'f32' | 'f16' | 'auto';
 }
 
+/** One tensor handed to AddonModel.load. */
+export interface AddonTensor {
+  /** nanoGPT's state_dict key. */
+  readonly name: string;
+  /** PyTorch's layout: a Linear weight is [outFeatures, inFeatures]. */
+  readonly shape: readonly number[];
+  readonly data: Float32Array;
+}
+
+/** A tensor of the engine's layout table (native/model.h, tensor_layout). */
+export interface AddonTensorSpec {
+  readonly name: string;
+  readonly shape: number[];
+}
+
 /** A model's weights in the engine; `load` must resolve before anything else is called. */
 export interface AddonModel {
   readonly isa: AddonIsa;
@@ -33,12 +48,11 @@ export interface AddonModel {
   readonly precision: 'f32' | 'f16' | 'auto';
   /**
    * Copies the weights at once (the arrays are free again when this returns: detaching one later
-   * is harmless), then packs them off the main thread. `tensors` in nanoGPT's state_dict order:
-   * wte, wpe, ln_f.weight, ln_f.bias, then per layer ln_1.weight, ln_1.bias, attn.c_attn.weight,
-   * attn.c_attn.bias, attn.c_proj.weight, attn.c_proj.bias, ln_2.weight, ln_2.bias,
-   * mlp.c_fc.weight, mlp.c_fc.bias, mlp.c_proj.weight, mlp.c_proj.bias; null for absent biases.
+   * is harmless), then packs them off the main thread. `tensors`: every entry of
+   * tensorLayout(config), in its order (nanoGPT's state_dict order, biases only when config.bias),
+   * each checked by name, shape and length.
    */
-  load(tensors: readonly (Float32Array | null)[]): Promise<void>;
+  load(tensors: readonly AddonTensor[]): Promise<void>;
   /** Logits (T, vocabSize) of every position; 1 <= T <= blockSize. */
   forward(ids: Int32Array): Promise<Float32Array>;
   createSession(): AddonSession;
@@ -164,6 +178,11 @@ export interface Addon {
   readonly Session: new () => AddonSession;
   readonly napiVersion: number;
   readonly configLimits: AddonConfigLimits;
+  /**
+   * The engine's tensor table for `config`: name and shape of every tensor, in the order load()
+   * takes them. Must equal lib/weights.ts's tensorLayout (a test holds them equal).
+   */
+  tensorLayout(config: AddonConfig): AddonTensorSpec[];
   /** The most compute threads a model takes (native/thread_pool.h, ThreadPool::kMaxThreads). */
   readonly maxThreads: number;
   /** What the CPU probe found: the fastest instruction set and all that run here. */

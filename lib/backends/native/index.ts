@@ -6,9 +6,9 @@
 import { availableParallelism } from 'node:os';
 import type { ModelConfig } from '../../config.js';
 import { MicroGPTError, beyondFloat16, type MicroGPTErrorCode } from '../../errors.js';
-import { matricesBeyondFloat16, type ModelWeights } from '../../weights.js';
+import { matricesBeyondFloat16, namedTensors, type ModelWeights } from '../../weights.js';
 import type { Backend, InferenceSession, ModelRuntime, Precision, RuntimeOptions } from '../types.js';
-import { forcedIsa, loadAddon, type AddonBatchStats, type AddonIsa, type AddonModel, type AddonSession } from './binding.js';
+import { forcedIsa, loadAddon, type AddonBatchStats, type AddonIsa, type AddonModel, type AddonSession, type AddonTensor } from './binding.js';
 
 export interface NativeRuntimeOptions extends RuntimeOptions {
   /** Forces an instruction set (tests, benchmarks); default MICROGPT_ISA, else the fastest. */
@@ -36,7 +36,7 @@ export const nativeBackend: Backend & {
     let model: AddonModel;
     try {
       model = new addon.Model(config, isa === undefined ? { threads, precision } : { threads, isa, precision });
-      await model.load(binderOrder(weights));
+      await model.load(addonTensors(config, weights));
     } catch (error) {
       translate(error);
     }
@@ -44,14 +44,12 @@ export const nativeBackend: Backend & {
   },
 };
 
-/** The tensors in the order native/model.h's TensorIndex expects. */
-function binderOrder(w: ModelWeights): (Float32Array | null)[] {
-  const out: (Float32Array | null)[] = [w.wte, w.wpe, w.lnfWeight, w.lnfBias];
-  for (const l of w.layers) {
-    out.push(l.ln1Weight, l.ln1Bias, l.attnWeight, l.attnBias, l.attnProjWeight, l.attnProjBias);
-    out.push(l.ln2Weight, l.ln2Bias, l.mlpFcWeight, l.mlpFcBias, l.mlpProjWeight, l.mlpProjBias);
-  }
-  return out;
+/**
+ * The weights as the addon's load() takes them: every tensor of tensorLayout (lib/weights.ts) in
+ * its order, with its name and shape, which the addon checks against its own table.
+ */
+export function addonTensors(config: ModelConfig, weights: ModelWeights): AddonTensor[] {
+  return [...namedTensors(config, weights)].map(([name, t]) => ({ name, shape: t.shape, data: t.data }));
 }
 
 /** The codes of the addon's errors that a user can cause (binding.ts, Addon). */
