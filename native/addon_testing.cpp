@@ -7,6 +7,7 @@
 #include "addon.h"
 #include "kernels.h"
 #include "layers.h"
+#include "probes.h"
 #include "thread_pool.h"
 
 namespace microgpt {
@@ -146,7 +147,7 @@ Napi::Value bench_pool(const Napi::CallbackInfo& info) {
 // benchFmaPeak(isa, threads, iters): GFLOP/s of register-only FMAs on `threads` threads at once,
 // the ceiling a GEMM is measured against. Synchronous: keep `iters` to a fraction of a second.
 Napi::Value bench_fma_peak(const Napi::CallbackInfo& info) {
-  const Kernels& k = kernels_arg(info);
+  const Probes& k = probes_for(kernels_arg(info).isa);
   const int threads = positive(info, 1, "threads"), iters = positive(info, 2, "iters");
   ThreadPool pool(threads);
   std::vector<float> sink(threads);
@@ -162,7 +163,7 @@ Napi::Value bench_fma_peak(const Napi::CallbackInfo& info) {
 // benchReadBandwidth(isa, megabytes, threads, reps): GB/s of vector loads streaming a buffer of
 // that size, split in equal slices across the threads: the ceiling of memory-bound decoding.
 Napi::Value bench_read_bandwidth(const Napi::CallbackInfo& info) {
-  const Kernels& k = kernels_arg(info);
+  const Probes& k = probes_for(kernels_arg(info).isa);
   const int megabytes = positive(info, 1, "megabytes"), threads = positive(info, 2, "threads"), reps = positive(info, 3, "reps");
   if (megabytes > 8192) throw Napi::RangeError::New(info.Env(), "megabytes must be at most 8192");
   const size_t n = static_cast<size_t>(megabytes) * (1 << 20) / sizeof(float);

@@ -79,15 +79,6 @@ struct Kernels {
   int attention_rows;
   // x (n) = gelu(x), the exact erf form.
   void (*gelu)(float* x, int n);
-
-  // Machine probes for the benchmark (not used by the model): what this instruction set can do
-  // at most, so kernels can be judged as a fraction of it.
-  // fma_loop: `iters` rounds of kFmaChains independent vector FMAs on registers only; returns a
-  // value that depends on every round (so none is optimised away). FLOPs = iters * fma_flops_per_iter.
-  float (*fma_loop)(long iters);
-  int fma_flops_per_iter;
-  // read_sum: the sum of x (n), streamed with vector loads: the memory read bandwidth.
-  float (*read_sum)(const float* x, size_t n);
 };
 
 const Kernels& kernels_ref();

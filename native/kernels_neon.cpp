@@ -2,11 +2,15 @@
 // arm64; not run on the x86 machine this was written on, only read for compile-correctness.
 #include <arm_neon.h>
 
+#include "probes.h"
+
 #define MICROGPT_SIMD_NEON 1
 #define MICROGPT_KERNELS_NAME kernels_neon
+#define MICROGPT_PROBES_NAME probes_neon
 #define MICROGPT_KERNELS_ISA Isa::neon
 #define MICROGPT_MR 3          // 3 rows x 8 q registers = 24 accumulators of 32
 #define MICROGPT_GEMV_PANELS 1 // 1 panel x 8 q registers = 8 independent FMA chains
 #define MICROGPT_ATT_ROWS 3   // attention: 3 queries x 4 q registers = 12 accumulators
 #define MICROGPT_ATT_VECS 4
 #include "kernels_simd.inc"
+#include "probes_simd.inc"

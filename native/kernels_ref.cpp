@@ -175,30 +175,10 @@ void gelu_ref(float* x, int n) {
   for (int i = 0; i < n; i++) x[i] = gelu_ref_one(x[i]);
 }
 
-constexpr int kRefFmaChains = 8;
-
-float fma_loop_ref(long iters) {
-  float acc[kRefFmaChains];
-  for (int c = 0; c < kRefFmaChains; c++) acc[c] = 0.001f * static_cast<float>(c);
-  for (long i = 0; i < iters; i++) {
-    for (int c = 0; c < kRefFmaChains; c++) acc[c] = std::fma(acc[c], 0.999999f, 1e-7f);
-  }
-  float sum = 0.0f;
-  for (int c = 0; c < kRefFmaChains; c++) sum += acc[c];
-  return sum;
-}
-
-float read_sum_ref(const float* x, size_t n) {
-  float sum = 0.0f;
-  for (size_t i = 0; i < n; i++) sum += x[i];
-  return sum;
-}
-
 }  // namespace
 
 const Kernels& kernels_ref() {
-  static const Kernels k = {Isa::scalar,  matmul_ref,   matmul_f16_ref,    layernorm_ref, attention_ref, 1,
-                            gelu_ref,      fma_loop_ref, kRefFmaChains * 2, read_sum_ref};
+  static const Kernels k = {Isa::scalar, matmul_ref, matmul_f16_ref, layernorm_ref, attention_ref, 1, gelu_ref};
   return k;
 }
 

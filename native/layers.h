@@ -9,6 +9,10 @@
 
 namespace microgpt {
 
+// How many of the pool's threads a step of `work` multiply-adds should use, at most max_split: a
+// split pays only when each thread's share is large against the pool's barrier.
+int threads_for(const ThreadPool& pool, double work, int max_split);
+
 // x (T, C) = wte[ids[t]] + wpe[start + t]: token plus position embedding, the residual stream.
 void embedding(float* x, const int* ids, const float* wte, const float* wpe, int start, int T, int C);
 

@@ -1,0 +1,49 @@
+// The forward pass: the rows of a batch of requests through every layer, on one model's weights.
+#pragma once
+
+#include <string>
+
+#include "buffer.h"
+#include "config.h"
+#include "kv_cache.h"
+#include "thread_pool.h"
+#include "weights.h"
+
+namespace microgpt {
+
+// One forward pass asked of the model: ids (T) at positions start..start+T-1 of `cache`
+// (start + T <= cache->rows), extending it. The logits of every position (T, vocab_size) when
+// all_positions, else of the last one (vocab_size), go to `logits`.
+struct ForwardRequest {
+  KVCache* cache;
+  int start;
+  const int* ids;
+  int T;
+  float* logits;
+  bool all_positions;
+  std::string error;  // why the pass failed; empty when it ran
+  bool done = false;  // guarded by the model's queue mutex
+};
+
+// Activations of one batched forward pass of up to R = max_rows rows (one full
+// prefill and a batch of decode steps), rows of several sequences stacked.
+struct RunState {
+  FloatBuffer x;       // (R, C) the residual stream
+  FloatBuffer xn;      // (R, C) LayerNorm output
+  FloatBuffer qkv;     // (R, 3C) queries, keys, values of the new tokens
+  FloatBuffer att;     // (R, C) attention output, heads side by side
+  FloatBuffer hidden;  // (R, 4C) the MLP's hidden layer, after GELU
+  FloatBuffer scores;  // (threads, kAttentionRows * block_size) attention scores, a block per thread
+  FloatBuffer logits;  // (max_batch, vocab_size) last-position logits of a batch of sequences
+};
+
+// Scratch for passes of up to max_rows rows and max_batch requests; no page is touched before a
+// pass uses it.
+RunState make_run_state(const Config& c, int threads, int max_rows, int max_batch);
+
+// One forward pass over the rows of `batch` (n requests, `rows` tokens in all, at most the
+// RunState's), writing each request's logits.
+void forward(const Config& config, const Kernels& k, const Weights& w, ThreadPool& pool, RunState& s,
+             ForwardRequest* const* batch, int n, int rows);
+
+}  // namespace microgpt
