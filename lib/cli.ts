@@ -5,6 +5,7 @@
  */
 import { readFileSync } from 'node:fs';
 import { readFile, stat, writeFile } from 'node:fs/promises';
+import { basename } from 'node:path';
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { availableBackends } from './backends/index.js';
 import type { BackendChoice, BackendName, PrecisionChoice } from './backends/types.js';
@@ -14,7 +15,8 @@ import { runBench } from './bench/run.js';
 import { MicroGPTError } from './errors.js';
 import type { GenerationResult } from './generate.js';
 import { readSafetensors, writeSafetensors, type WritableDType } from './formats/safetensors.js';
-import { evaluate, MAX_EVAL_CHARACTERS } from './evaluate.js';
+import { contextPolicyLosses, evaluate, MAX_EVAL_CHARACTERS } from './evaluate.js';
+import { positionLossChartSvg } from './position-loss-chart.js';
 import { DEFAULT_MODEL, loadModel, readModelFile, type LoadOptions } from './load.js';
 import { parameterCount } from './config.js';
 
@@ -37,9 +39,12 @@ Commands:
             [--chart FILE.svg]
             Tokens/s of decode and prefill, GEMM GFLOP/s, per engine, random weights.
   eval      [--model PATH] [--meta meta.pkl] --data FILE [--split all|val] [--backend B]
-            [--threads N] [--precision P] [--json]
+            [--threads N] [--precision P] [--json] [--by-position] [--chart FILE.svg] [--keep K]
             Mean cross-entropy and perplexity of the model over a text file, in
             non-overlapping windows of blockSize (--split val: nanoGPT's last 10%).
+            --by-position prints JSON with lossByPosition (entry n-1: the mean loss from a
+            context of n tokens) and the loss each --context policy sees past the window
+            (shift with --keep K, default blockSize/2); --chart draws that curve as SVG.
 
 PATH is a .safetensors file, a nanoGPT ckpt.pt, or a nanoGPT out_dir; without --model,
 the Shakespeare model bundled with microgpt ('default').
@@ -242,12 +247,19 @@ async function evalCommand(args: string[]): Promise<void> {
     split: { type: 'string' },
     ...engineFlags,
     json: { type: 'boolean' },
+    'by-position': { type: 'boolean' },
+    chart: { type: 'string' },
+    keep: { type: 'string' },
   });
   if (values['help'] === true) return void process.stdout.write(`${USAGE}\n`);
   const data = values['data'];
   if (typeof data !== 'string' || data.length === 0) throw new UsageError('eval needs --data FILE (a UTF-8 text file)');
   const split = values['split'] ?? 'all';
   if (split !== 'all' && split !== 'val') throw new UsageError(`--split must be all or val, got "${String(split)}"`);
+  const chart = values['chart'];
+  if (chart !== undefined && (typeof chart !== 'string' || chart.length === 0)) throw new UsageError('--chart needs a file name (FILE.svg)');
+  const byPosition = values['by-position'] === true || chart !== undefined;
+  if (values['keep'] !== undefined && !byPosition) throw new UsageError('--keep marks the shift policy on the loss by position: add --by-position or --chart');
   const size = (await stat(data).catch(() => {
     throw new UsageError(`cannot read --data ${data}: no such file`);
   })).size;
@@ -257,15 +269,31 @@ async function evalCommand(args: string[]): Promise<void> {
     ...engineOptions(values),
   });
   try {
+    const B = model.config.blockSize;
+    const keep = optionalNumber(values, 'keep', 'keep').keep ?? Math.floor(B / 2);
+    if (byPosition) {
+      if (B < 2) throw new UsageError(`the model's blockSize is ${B}: there are no context policies to compare`);
+      if (!Number.isInteger(keep) || keep < 1 || keep > B - 1) throw new UsageError(`--keep must be an integer from 1 to ${B - 1}, got ${keep}`);
+    }
     const started = process.hrtime.bigint();
-    const result = await evaluate(model, text, { split });
+    const result = await evaluate(model, text, { split, byPosition });
     const seconds = Number(process.hrtime.bigint() - started) / 1e9;
-    if (values['json'] === true) {
-      process.stdout.write(`${JSON.stringify({ ...result, split, backend: model.backend, seconds: Math.round(seconds * 1e3) / 1e3 })}\n`);
+    const curve = result.lossByPosition;
+    if (typeof chart === 'string' && curve !== undefined) {
+      const subtitle = `${basename(model.source.path)}, ${basename(data)} (split ${split}), ${result.windows} windows of ${B}, ${model.backend} engine`;
+      await writeFile(chart, positionLossChartSvg({ lossByPosition: curve, keep, subtitle }));
+    }
+    if (values['json'] === true || values['by-position'] === true) {
+      const policies = curve === undefined ? {} : { blockSize: B, contextPolicies: contextPolicyLosses(curve, keep) };
+      process.stdout.write(`${JSON.stringify({ ...result, ...policies, split, backend: model.backend, seconds: Math.round(seconds * 1e3) / 1e3 })}\n`);
     } else {
       process.stdout.write(
         `loss ${result.loss.toFixed(4)}  perplexity ${result.perplexity.toFixed(3)}  (${result.tokens} tokens in ${result.windows} windows of ${model.config.blockSize}, split ${split})\n`,
       );
+      if (curve !== undefined) {
+        const p = contextPolicyLosses(curve, keep);
+        process.stdout.write(`past the window: --context slide sees loss ${p.slide.toFixed(4)} (context ${B}), --context shift --keep ${keep} ${p.shift.loss.toFixed(4)} (contexts ${keep}..${B})\n`);
+      }
     }
   } finally {
     model.dispose();

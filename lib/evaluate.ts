@@ -90,3 +90,18 @@ export async function evaluate(model: Model, text: string, options?: EvaluateOpt
   const result = { loss, perplexity: Math.exp(loss), tokens, windows };
   return byPosition ? { ...result, lossByPosition: Array.from(byT, (sum) => sum / windows) } : result;
 }
+
+/** What each context policy sees on average past the window, read off lossByPosition. */
+export interface ContextPolicyLosses {
+  /** 'slide' predicts every token from blockSize tokens: the curve's last entry. */
+  readonly slide: number;
+  /** 'shift' predicts from keep, keep + 1, ..., blockSize tokens, each equally often: their mean. */
+  readonly shift: { readonly keep: number; readonly loss: number };
+}
+
+export function contextPolicyLosses(lossByPosition: readonly number[], keep: number): ContextPolicyLosses {
+  const B = lossByPosition.length;
+  if (!Number.isInteger(keep) || keep < 1 || keep > B - 1) throw invalidArgument(`keep must be an integer from 1 to ${B - 1}, got ${describe(keep)}`);
+  const kept = lossByPosition.slice(keep - 1);
+  return { slide: lossByPosition[B - 1] as number, shift: { keep, loss: kept.reduce((a, b) => a + b, 0) / kept.length } };
+}

@@ -1,7 +1,7 @@
 // The microgpt command, run as a user runs it: a separate process, stdout and stderr apart.
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
@@ -163,5 +163,37 @@ describe('microgpt convert', () => {
   test('needs --out and a known dtype', () => {
     fails(/convert needs --out/, 'convert', '--model', modelDir);
     fails(/--dtype must be f32, f16 or bf16, got "int8"/, 'convert', '--model', modelDir, '--out', join(dir, 'x.safetensors'), '--dtype', 'int8');
+  });
+});
+
+describe('microgpt eval', () => {
+  test('--by-position prints the loss at each context length and what each --context policy sees; --chart draws it', async () => {
+    const curves = JSON.parse(await readFile(fixture('expected', 'position-loss.json'), 'utf8')) as {
+      text: string;
+      models: Record<string, { lossByPosition: number[] }>;
+    };
+    const want = curves.models['tiny-bias']!.lossByPosition;
+    const data = join(dir, 'text.txt');
+    await writeFile(data, curves.text);
+    const r = run('eval', '--model', modelDir, '--data', data, '--by-position', '--keep', '5');
+    assert.equal(r.status, 0, r.stderr);
+    const out = JSON.parse(r.stdout) as { loss: number; blockSize: number; lossByPosition: number[]; contextPolicies: { slide: number; shift: { keep: number; loss: number } } };
+    assert.equal(out.blockSize, 16);
+    assert.ok(out.lossByPosition.every((l, i) => Math.abs(l - want[i]!) < 1e-4));
+    const mean = (a: number[]) => a.reduce((x, y) => x + y, 0) / a.length;
+    assert.equal(out.contextPolicies.slide, out.lossByPosition[15]);
+    assert.deepEqual(out.contextPolicies.shift, { keep: 5, loss: mean(out.lossByPosition.slice(4)) });
+
+    const chart = join(dir, 'loss.svg');
+    const c = run('eval', '--model', modelDir, '--data', data, '--chart', chart);
+    assert.equal(c.status, 0, c.stderr);
+    assert.match(c.stdout, /^loss \d\.\d{4} .*\npast the window: --context slide sees loss \d\.\d{4} \(context 16\), --context shift --keep 8 \d\.\d{4} \(contexts 8\.\.16\)\n$/);
+    const svg = await readFile(chart, 'utf8');
+    assert.ok(svg.startsWith('<svg') && svg.trimEnd().endsWith('</svg>'));
+    assert.equal(svg.match(/<polyline points="([^"]*)"/)![1]!.split(' ').length, 16);
+    assert.match(svg, /context 'shift', keep 8: n = 8\.\.16 equally often/);
+
+    fails(/--keep marks the shift policy on the loss by position: add --by-position or --chart$/, 'eval', '--model', modelDir, '--data', data, '--keep', '4');
+    fails(/--keep must be an integer from 1 to 15, got 16$/, 'eval', '--model', modelDir, '--data', data, '--by-position', '--keep', '16');
   });
 });

@@ -1,4 +1,5 @@
 import type { BackendName } from '../backends/types.js';
+import { escapeXml as escape, svgDocument } from '../svg.js';
 import type { BenchReport, EngineFigures } from './run.js';
 
 const COLORS: Record<BackendName, string> = { native: '#2b6cb0', js: '#d69e2e', cuda: '#38a169' };
@@ -36,10 +37,6 @@ export function benchChartSvg(report: BenchReport): string {
   const height = top + rows.length * groupHeight + 40;
   const x = (v: number) => left + ((Math.log10(v) - Math.log10(lo)) / (Math.log10(hi) - Math.log10(lo))) * width;
   const out: string[] = [];
-  out.push(`<svg xmlns="http://www.w3.org/2000/svg" width="${left + width + 90}" height="${height}" font-family="Helvetica, Arial, sans-serif" font-size="12">`);
-  out.push(`<rect width="100%" height="100%" fill="white"/>`);
-  out.push(`<text x="10" y="20" font-size="15" font-weight="bold">microgpt throughput, tokens/s (log scale, higher is better)</text>`);
-  out.push(`<text x="10" y="38" fill="#555">${escape(`${report.machine.cpu}, ${report.threads} threads, ${report.date.slice(0, 10)}; random fp32 weights`)}</text>`);
   for (let p = lo; p <= hi; p *= 10) {
     out.push(`<line x1="${x(p)}" y1="${top - 6}" x2="${x(p)}" y2="${height - 34}" stroke="#ddd"/>`);
     out.push(`<text x="${x(p)}" y="${height - 20}" text-anchor="middle" fill="#555">${p.toLocaleString('en-US')}</text>`);
@@ -59,10 +56,11 @@ export function benchChartSvg(report: BenchReport): string {
     const lx = left + width - 160 + i * 70;
     out.push(`<rect x="${lx}" y="${height - 14}" width="10" height="10" fill="${COLORS[engine]}"/><text x="${lx + 14}" y="${height - 5}">${engine}</text>`);
   });
-  out.push('</svg>');
-  return `${out.join('\n')}\n`;
-}
-
-function escape(s: string): string {
-  return s.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;');
+  return svgDocument(
+    left + width + 90,
+    height,
+    'microgpt throughput, tokens/s (log scale, higher is better)',
+    `${report.machine.cpu}, ${report.threads} threads, ${report.date.slice(0, 10)}; random fp32 weights`,
+    out,
+  );
 }
