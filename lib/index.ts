@@ -18,7 +18,7 @@ export {
   type GenerateOptions,
   type GenerationResult,
 } from './generate.js';
-export { evaluate, MAX_EVAL_CHARACTERS, type EvaluateOptions, type Evaluation } from './evaluate.js';
+export { contextPolicyLosses, evaluate, MAX_EVAL_CHARACTERS, type ContextPolicyLosses, type EvaluateOptions, type Evaluation } from './evaluate.js';
 export { Rng } from './sampling/rng.js';
 export { Sampler, argmax, type SamplerSettings } from './sampling/sample.js';
 export { readSafetensors, writeSafetensors, type SafetensorsModel, type WritableDType } from './formats/safetensors.js';
