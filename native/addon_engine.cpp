@@ -13,7 +13,7 @@ PassEntry::PassEntry(Napi::Object receiver_object, Napi::Float32Array out, std::
       out_ref(Napi::Persistent(static_cast<Napi::Object>(out))),
       session(std::move(state)),
       ids(std::move(token_ids)),
-      request{nullptr, start, nullptr, static_cast<int>(ids.size()), out.Data(), all_positions, std::string(), false},
+      request{nullptr, start, nullptr, static_cast<int>(ids.size()), out.Data(), all_positions, std::string()},
       on_settled(std::move(settled)) {}
 
 Engine::Engine(Napi::Env env) : core_(std::make_shared<Core>()), env_(env) {

@@ -47,12 +47,13 @@ void forward(const Config& config, const Kernels& k, const Weights& w, ThreadPoo
     row += r.T;
   }
   const AttentionBlocks blocks = attention_blocks(runs.data(), n, k.attention_rows, C);
+  const size_t tiles = static_cast<size_t>(kv_cache_tiles(config));
   for (int l = 0; l < config.n_layer; l++) {
     const LayerWeights& lw = w.layers[l];
     for (int i = 0; i < n; i++) {
       KVCache& cache = *batch[i]->cache;
-      runs[i].keys = cache.keys.data() + static_cast<size_t>(l) * cache.tiles * C * kKeyTile;
-      runs[i].values = cache.values.data() + static_cast<size_t>(l) * cache.rows * C;
+      runs[i].keys = cache.keys.data() + static_cast<size_t>(l) * tiles * C * kKeyTile;
+      runs[i].values = cache.values.data() + static_cast<size_t>(l) * B * C;
     }
 
     layernorm(pool, k, xn, x, lw.ln1_weight, lw.ln1_bias, rows, C);

@@ -12,7 +12,7 @@
 namespace microgpt {
 
 // One forward pass asked of the model: ids (T) at positions start..start+T-1 of `cache`
-// (start + T <= cache->rows), extending it. The logits of every position (T, vocab_size) when
+// (start + T <= block_size), extending it. The logits of every position (T, vocab_size) when
 // all_positions, else of the last one (vocab_size), go to `logits`.
 struct ForwardRequest {
   KVCache* cache;
@@ -22,7 +22,6 @@ struct ForwardRequest {
   float* logits;
   bool all_positions;
   std::string error;  // why the pass failed; empty when it ran
-  bool done = false;  // guarded by the model's queue mutex
 };
 
 // Activations of one batched forward pass of up to R = max_rows rows (one full

@@ -5,19 +5,17 @@ namespace microgpt {
 namespace {
 // A model's KV cache: block_size positions of every layer, keys in tiles (kernels.h).
 struct KVCacheShape {
-  int rows, tiles;
   size_t key_floats, value_floats;
 };
 KVCacheShape kv_cache_shape(const Config& c) {
-  const int tiles = (c.block_size + kKeyTile - 1) / kKeyTile;
   const size_t C = static_cast<size_t>(c.n_embd), L = static_cast<size_t>(c.n_layer);
-  return {c.block_size, tiles, L * tiles * C * kKeyTile, L * c.block_size * C};
+  return {L * kv_cache_tiles(c) * C * kKeyTile, L * c.block_size * C};
 }
 }  // namespace
 
 KVCache new_kv_cache(const Config& c) {
   const KVCacheShape s = kv_cache_shape(c);
-  return KVCache{FloatBuffer(s.key_floats), FloatBuffer(s.value_floats), s.rows, s.tiles};
+  return KVCache{FloatBuffer(s.key_floats), FloatBuffer(s.value_floats)};
 }
 
 size_t kv_cache_bytes(const Config& c) {

@@ -15,14 +15,14 @@
 
 namespace microgpt {
 
-// Keys and values of every layer at absolute positions 0..length-1, for up to `rows` positions
-// (block_size for a session; T for a one-off forward pass).
+// Keys and values of every layer at absolute positions 0..block_size-1; a sequence of length n
+// uses positions 0..n-1. B = block_size, tiles = B / kKeyTile rounded up (kv_cache_tiles).
 struct KVCache {
   FloatBuffer keys;    // (n_layer, tiles, C, kKeyTile): transposed in tiles of positions (kernels.h)
-  FloatBuffer values;  // (n_layer, rows, C)
-  int rows = 0;
-  int tiles = 0;       // rows / kKeyTile, rounded up
+  FloatBuffer values;  // (n_layer, B, C)
 };
+
+inline int kv_cache_tiles(const Config& c) { return (c.block_size + kKeyTile - 1) / kKeyTile; }
 
 // Freed KV caches of one model, kept for its next sessions. A fresh cache costs a page fault per
 // 4 KB on first touch, and the kernel zeroes each page: 1.5 us per page on the 2-vCPU VM, so a

@@ -33,70 +33,53 @@ PooledKVCache Model::kv_cache() {
 void Model::run(ForwardRequest* const* requests, int n) {
   for (int i = 0; i < n; i++) {
     const ForwardRequest& r = *requests[i];
-    if (r.start < 0 || r.T < 1 || r.start + r.T > r.cache->rows || r.cache->rows > config_.block_size) {
-      throw std::out_of_range("positions beyond the KV cache or blockSize");
+    if (r.start < 0 || r.T < 1 || r.start + r.T > config_.block_size) {
+      throw std::out_of_range("positions beyond blockSize");
     }
   }
-  std::vector<ForwardRequest*> batch;
-  std::unique_lock<std::mutex> lock(queue_mutex_);
-  for (int i = 0; i < n; i++) queue_.push_back(requests[i]);
-  auto all_done = [&] {
-    for (int i = 0; i < n; i++) {
-      if (!requests[i]->done) return false;
+  std::lock_guard<std::mutex> running(run_mutex_);
+  for (int first = 0; first < n;) {
+    // The next requests that fit one pass, in order. A request for every position's logits runs
+    // alone: its output may be block_size rows of logits, written straight to its array.
+    int count = 0, rows = 0;
+    while (first + count < n && count < kMaxBatch) {
+      const ForwardRequest& r = *requests[first + count];
+      if (count > 0 && (r.all_positions || requests[first]->all_positions || rows + r.T > max_rows_)) break;
+      rows += r.T;
+      count++;
     }
-    return true;
-  };
-  while (!all_done()) {
-    if (computing_) {
-      queue_changed_.wait(lock);
-      continue;
-    }
-    // Lead: take the oldest requests that fit. Ours are queued or done (no pass runs), so the
-    // queue is not empty. A request for every position's logits runs alone: its output may be
-    // block_size rows of logits, written straight to its array.
-    batch.clear();
-    int rows = 0;
-    while (!queue_.empty() && static_cast<int>(batch.size()) < kMaxBatch) {
-      ForwardRequest* r = queue_.front();
-      if (!batch.empty() && (r->all_positions || batch.front()->all_positions || rows + r->T > max_rows_)) break;
-      batch.push_back(r);
-      rows += r->T;
-      queue_.pop_front();
-    }
-    computing_ = true;
+    ForwardRequest* const* batch = requests + first;
+    first += count;
     // The split rule rests on the pool's barrier, measured when the model was made. Measure it
     // again at passes 1, 2, 4, 8, ...: if a busy moment spoiled the first measurement, an early
     // pass corrects it; later ones cost nothing that shows (16 empty splits, rarer and rarer).
-    const uint64_t number = stats_.passes;
-    lock.unlock();
+    const uint64_t number = passes_;
     if ((number & (number - 1)) == 0 && number > 0) pool_.calibrate(16);
     std::string error;
     const auto started = std::chrono::steady_clock::now();
     try {
-      forward(config_, *kernels_, w_, pool_, s_, batch.data(), static_cast<int>(batch.size()), rows);
+      forward(config_, *kernels_, w_, pool_, s_, batch, count, rows);
     } catch (const std::bad_alloc&) {
       error = "out of memory in the native engine's forward pass";
     } catch (const std::exception& e) {
       error = std::string("the native forward pass failed: ") + e.what();
     }
     const std::chrono::duration<double> took = std::chrono::steady_clock::now() - started;
-    lock.lock();
+    passes_++;
+    std::lock_guard<std::mutex> lock(stats_mutex_);
     stats_.busy_seconds += took.count();
-    for (ForwardRequest* r : batch) {
-      r->error = error;
-      r->done = true;
-      if (r->T == 1) stats_.decode_rows++;
+    for (int i = 0; i < count; i++) {
+      batch[i]->error = error;
+      if (batch[i]->T == 1) stats_.decode_rows++;
     }
     stats_.passes++;
-    stats_.requests += batch.size();
-    stats_.largest_batch = std::max<uint64_t>(stats_.largest_batch, batch.size());
-    computing_ = false;
-    queue_changed_.notify_all();
+    stats_.requests += count;
+    stats_.largest_batch = std::max<uint64_t>(stats_.largest_batch, count);
   }
 }
 
 BatchStats Model::stats() {
-  std::lock_guard<std::mutex> lock(queue_mutex_);
+  std::lock_guard<std::mutex> lock(stats_mutex_);
   BatchStats s = stats_;
   s.caches_allocated = caches_allocated_.load(std::memory_order_relaxed);
   return s;

@@ -5,9 +5,7 @@
 #pragma once
 
 #include <atomic>
-#include <condition_variable>
 #include <cstdint>
-#include <deque>
 #include <memory>
 #include <mutex>
 #include <vector>
@@ -62,16 +60,13 @@ class Model {
   // Most requests in one batched pass.
   static constexpr int kMaxBatch = 64;
 
-  // Runs `requests` (which must fit their caches and blockSize) and returns when every one is
-  // done, each with its error set or its logits written. Continuous batching: the requests join
-  // a per-model queue, and whichever calling thread finds the model idle takes everything waiting
-  // (up to kMaxBatch requests and block_size + kMaxBatch rows; a request for every position's
-  // logits runs alone) into ONE forward pass over the weights, serving other callers' requests
-  // too; a caller whose requests another thread served just returns. So the decode steps of
-  // sessions in flight together share one stream of the weights instead of one each. Every row
-  // is computed exactly as it would be alone (see forward()), so results do not depend on grouping.
-  // The addon calls it from one thread per model (its Engine, addon_engine.h) with everything
-  // queued at the time; any number of threads may call it (the tests and harnesses do).
+  // Runs `requests` (each within blockSize) in order, as few batched passes as fit (up to
+  // kMaxBatch requests and block_size + kMaxBatch rows each; a request for every position's
+  // logits runs alone), and returns when each has its logits written or its error set. A pass
+  // stacks the rows of all its requests, so the matmuls stream the weights once for all of them;
+  // every row is computed exactly as it would be alone (see forward()), so results do not depend
+  // on grouping. Batching happens upstream: the addon's Engine (addon_engine.h) hands over every
+  // request waiting when it is free. One call at a time: a second caller waits for the first.
   void run(ForwardRequest* const* requests, int n);
 
   BatchStats stats();
@@ -84,10 +79,9 @@ class Model {
   RunState s_;
   int max_rows_;  // R: rows the RunState holds
 
-  std::mutex queue_mutex_;
-  std::condition_variable queue_changed_;  // a pass ended: callers look for their results or lead
-  std::deque<ForwardRequest*> queue_;      // waiting, oldest first
-  bool computing_ = false;                 // a pass is running (it owns pool_ and s_)
+  std::mutex run_mutex_;    // held by run(): one caller at a time owns pool_ and s_
+  uint64_t passes_ = 0;     // passes run (under run_mutex_)
+  std::mutex stats_mutex_;  // guards stats_, which stats() reads during a pass
   BatchStats stats_;
   std::atomic<uint64_t> caches_allocated_{0};
   std::shared_ptr<KVCachePool> cache_pool_;  // shared with the caches on loan, which may outlive us

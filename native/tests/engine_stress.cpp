@@ -1,6 +1,7 @@
 // The engine under concurrency, without Node: the thread pool, several models sharing the
-// machine, concurrent callers batching through Model::run, the KV-cache pool, and models made
-// and destroyed while others compute. Built by CMake with MICROGPT_TESTS=ON and run by CTest;
+// machine, concurrent callers of Model::run (served one call at a time), requests batched by an
+// engine thread as the addon's, the KV-cache pool, and models made and destroyed while others
+// compute. Built by CMake with MICROGPT_TESTS=ON and run by CTest;
 // scripts/sanitize.sh runs it under ThreadSanitizer and under AddressSanitizer + UBSan, which is
 // why it is small: it must finish in seconds even when every memory access is instrumented.
 //
@@ -175,13 +176,13 @@ std::vector<int> sequence_of(const Config& c, int i, int steps) {
 }
 
 ForwardRequest request(KVCache* cache, int start, const std::vector<int>& ids, float* logits, bool all_positions) {
-  return ForwardRequest{cache, start, ids.data(), static_cast<int>(ids.size()), logits, all_positions, std::string(), false};
+  return ForwardRequest{cache, start, ids.data(), static_cast<int>(ids.size()), logits, all_positions, std::string()};
 }
 
 void run_one(Model& model, ForwardRequest& r) {
   ForwardRequest* p = &r;
   model.run(&p, 1);
-  CHECK(r.done && r.error.empty(), "a request failed: %s", r.error.c_str());
+  CHECK(r.error.empty(), "a request failed: %s", r.error.c_str());
 }
 
 bool same_bits(const float* a, const float* b, size_t n) { return std::memcmp(a, b, n * sizeof(float)) == 0; }
@@ -229,8 +230,8 @@ Reference reference(const Spec& spec, const TestWeights& w, Isa isa, int session
   return ref;
 }
 
-// One caller of Model::run: its sessions step together, one group (one run() call) per step,
-// while other callers do the same; every logit must match the reference bit for bit.
+// One caller of Model::run: its sessions step together, one group (one batched run() call) per
+// step, while other callers do the same; every logit must match the reference bit for bit.
 void caller(Model& model, const Spec& spec, const Reference& ref, int first, int count, int steps) {
   const Config& c = spec.config;
   const size_t V = c.vocab_size;
@@ -250,7 +251,7 @@ void caller(Model& model, const Spec& spec, const Reference& ref, int first, int
     }
     model.run(group.data(), count);
     for (int s = 0; s < count; s++) {
-      CHECK(requests[s].done && requests[s].error.empty(), "request failed: %s", requests[s].error.c_str());
+      CHECK(requests[s].error.empty(), "request failed: %s", requests[s].error.c_str());
       CHECK(same_bits(logits[s].data(), ref.steps[first + s][j].data(), V),
             "%s: session %d, step %d: batched logits differ from the one-at-a-time reference", spec.name, first + s, j);
       lengths[s] += static_cast<int>(ids[s].size());
