@@ -145,7 +145,7 @@ function tensorSlots(config: ModelConfig): TensorSlot[] {
  * The model's tensors in nanoGPT's state_dict order, with their names and shapes: the single
  * definition of the parameters. Loaders check against it, writers follow it, and the native
  * engine takes its weights in this order, checked by name and shape against its own copy of
- * this table (native/model.h, tensor_layout; a test holds the two equal).
+ * this table (native/config.h, tensor_layout; a test holds the two equal).
  */
 export function tensorLayout(config: ModelConfig): TensorSlot[] {
   return tensorSlots(config).filter((s) => s.present);

@@ -6,7 +6,7 @@
 #include <vector>
 
 #include "kernels.h"
-#include "model.h"
+#include "transformer.h"
 #include "thread_pool.h"
 
 namespace microgpt {

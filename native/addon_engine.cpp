@@ -43,7 +43,7 @@ Engine::Engine(Napi::Env env) : core_(std::make_shared<Core>()), env_(env) {
 
 Engine::~Engine() { core_->shut_down(); }
 
-void Engine::submit(std::shared_ptr<Model> model, std::vector<std::unique_ptr<PassEntry>> entries) {
+void Engine::submit(std::shared_ptr<Transformer> model, std::vector<std::unique_ptr<PassEntry>> entries) {
   Core& core = *core_;
   // The thread-safe function holds the event loop open exactly while something is pending.
   if (core.pending++ == 0 && core.results != nullptr) napi_ref_threadsafe_function(env_, core.results);

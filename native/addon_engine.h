@@ -1,8 +1,8 @@
 // Where a model's forward passes run, and how their results get back to JavaScript.
 //
 // Each loaded model has an Engine: one thread of our own that takes the requests JavaScript
-// queued (a group per call: Model.prefillMany's sessions, one prefill, one forward), runs
-// everything waiting through Model::run as batched passes, and hands the finished groups back
+// queued (a group per call: Model.appendMany's sessions, one append, one forward), runs
+// everything waiting through Transformer::run as batched passes, and hands the finished groups back
 // through a thread-safe function, whose callback settles their promises on the main thread.
 //
 // Why a thread of our own rather than Napi::AsyncWorkers on libuv's pool: libuv's 4 threads
@@ -31,16 +31,16 @@
 #include <vector>
 
 #include "addon.h"  // napi.h, as every file includes it
-#include "model.h"
+#include "transformer.h"
 
 namespace microgpt {
 
 struct SessionState {
-  PooledKVCache cache;  // taken from the model by the first prefill, on the engine thread
+  PooledKVCache cache;  // taken from the model by the first append, on the engine thread
 };
 
 // One request of a group: a whole sequence into a borrowed cache (Model.forward), or new tokens
-// appended to a session's cache (prefill). Made and settled on the main thread.
+// appended to a session's cache (append). Made and settled on the main thread.
 struct PassEntry {
   Napi::ObjectReference receiver;  // the JS model or session stays alive while work is pending
   Napi::Promise::Deferred deferred;
@@ -69,7 +69,7 @@ class Engine {
   // Main thread: runs the entries' requests on `model`, batched with whatever else is waiting,
   // then settles their promises (in one callback, so sessions stepping together stay together).
   // The event loop stays alive until then.
-  void submit(std::shared_ptr<Model> model, std::vector<std::unique_ptr<PassEntry>> entries);
+  void submit(std::shared_ptr<Transformer> model, std::vector<std::unique_ptr<PassEntry>> entries);
 
   // Main thread: nothing more will be submitted. The thread ends, and the event loop is let go,
   // once what was submitted has settled.
@@ -77,7 +77,7 @@ class Engine {
 
  private:
   struct Group {
-    std::shared_ptr<Model> model;
+    std::shared_ptr<Transformer> model;
     std::vector<std::unique_ptr<PassEntry>> entries;
   };
   // What the main thread, the engine thread and the thread-safe function share: the function's

@@ -2,17 +2,17 @@
 // packed on a Napi::AsyncWorker; every forward pass runs on the model's Engine (addon_engine.h),
 // a thread of its own, and settles a Promise: the event loop never waits for a kernel.
 //
-// Batching: each call queues a group of requests (Model.prefillMany: one per session; a plain
+// Batching: each call queues a group of requests (Model.appendMany: one per session; a plain
 // prefill or forward: one), and the engine runs everything queued by the time it is free through
-// Model::run as shared passes (continuous batching), then settles each group in one callback. A
+// Transformer::run as shared passes (continuous batching), then settles each group in one callback. A
 // group settled together comes back together, so sessions stepping in lockstep stay in one batch.
 //
-// Lifetime: a NativeModel's Handle owns a shared_ptr<Model>; each queued group holds another, so
+// Lifetime: a AddonModel's Handle owns a shared_ptr<Transformer>; each queued group holds another, so
 // dispose() drops the model's reference at once and the memory goes when the last pending pass
-// ends. Sessions hold the NativeModel's shared_ptr<Handle>, not the Model, so a disposed model is
+// ends. Sessions hold the AddonModel's shared_ptr<Handle>, not the Transformer, so a disposed model is
 // freed even while its sessions live (they then fail with "disposed"). The KV cache of a session
 // is shared the same way with its requests; when the last of them drops it, it goes back to the
-// model's pool of caches, or is freed if the model is gone (model.h, KVCachePool).
+// model's pool of caches, or is freed if the model is gone (kv_cache.h, KVCachePool).
 #include <cmath>
 #include <cstring>
 #include <functional>
@@ -24,7 +24,7 @@
 
 #include "addon.h"
 #include "addon_engine.h"
-#include "model.h"
+#include "transformer.h"
 
 namespace microgpt {
 
@@ -33,7 +33,7 @@ namespace {
 // What a model's JS objects share; touched on the main thread only.
 struct Handle {
   Config config;
-  std::shared_ptr<Model> model;    // null until load() resolves, and after dispose()
+  std::shared_ptr<Transformer> model;    // null until load() resolves, and after dispose()
   std::unique_ptr<Engine> engine;  // where its passes run; made with the model
   bool loading = false;
   bool disposed = false;
@@ -50,7 +50,7 @@ struct Handle {
   Handle(const Handle&) = delete;
   Handle& operator=(const Handle&) = delete;
 
-  // Tells V8 how much native memory the model holds (Model::memory_bytes: weights, KV caches),
+  // Tells V8 how much native memory the model holds (Transformer::memory_bytes: weights, KV caches),
   // as the change since it was last told, so that its collector weighs the small JS objects
   // that keep all this alive. Not while the environment is torn down: nobody collects then.
   void report_memory() {
@@ -188,7 +188,7 @@ class LoadWorker : public Napi::AsyncWorker {
 
   void Execute() override {
     try {
-      model_ = std::make_shared<Model>(config_, tensors_, isa_, threads_, precision_);
+      model_ = std::make_shared<Transformer>(config_, tensors_, isa_, threads_, precision_);
     } catch (const std::system_error& e) {  // a thread of the pool could not be started
       code_ = "ERR_INVALID_ARGUMENT";
       SetError("threads " + std::to_string(threads_) + ": " + e.what() +
@@ -205,7 +205,7 @@ class LoadWorker : public Napi::AsyncWorker {
   // tell, and the Node-API calls below would fail: the model is dropped.
   void OnOK() override {
     handle_->loading = false;
-    std::shared_ptr<Model> model = std::move(model_);
+    std::shared_ptr<Transformer> model = std::move(model_);
     if (*handle_->tearing_down) return;
     if (handle_->disposed) {
       deferred_.Reject(disposed_error(Env(), "model").Value());
@@ -239,29 +239,29 @@ class LoadWorker : public Napi::AsyncWorker {
   Isa isa_;
   int threads_;
   Precision precision_;
-  std::shared_ptr<Model> model_;
+  std::shared_ptr<Transformer> model_;
   const char* code_ = nullptr;  // the error's code, if it has one
 };
 
-// ---- Model ------------------------------------------------------------------------------------
+// ---- AddonModel -------------------------------------------------------------------------------
 
-class NativeModel : public Napi::ObjectWrap<NativeModel> {
+class AddonModel : public Napi::ObjectWrap<AddonModel> {
  public:
   static Napi::Function define(Napi::Env env) {
     return DefineClass(env, "Model",
-                       {InstanceMethod<&NativeModel::load>("load"),
-                        InstanceMethod<&NativeModel::forward>("forward"),
-                        InstanceMethod<&NativeModel::prefill_many>("prefillMany"),
-                        InstanceMethod<&NativeModel::stats>("stats"),
-                        InstanceMethod<&NativeModel::create_session>("createSession"),
-                        InstanceMethod<&NativeModel::dispose>("dispose"),
-                        InstanceAccessor<&NativeModel::isa>("isa"),
-                        InstanceAccessor<&NativeModel::threads>("threads"),
-                        InstanceAccessor<&NativeModel::precision>("precision")});
+                       {InstanceMethod<&AddonModel::load>("load"),
+                        InstanceMethod<&AddonModel::forward>("forward"),
+                        InstanceMethod<&AddonModel::append_many>("appendMany"),
+                        InstanceMethod<&AddonModel::stats>("stats"),
+                        InstanceMethod<&AddonModel::create_session>("createSession"),
+                        InstanceMethod<&AddonModel::dispose>("dispose"),
+                        InstanceAccessor<&AddonModel::isa>("isa"),
+                        InstanceAccessor<&AddonModel::threads>("threads"),
+                        InstanceAccessor<&AddonModel::precision>("precision")});
   }
 
   // new Model(config, { threads, isa?, precision?: 'f32' | 'f16' | 'auto' (default 'f32') })
-  explicit NativeModel(const Napi::CallbackInfo& info) : Napi::ObjectWrap<NativeModel>(info) {
+  explicit AddonModel(const Napi::CallbackInfo& info) : Napi::ObjectWrap<AddonModel>(info) {
     Napi::Env env = info.Env();
     if (info.Length() < 2 || !info[0].IsObject() || !info[1].IsObject()) {
       throw Napi::TypeError::New(env, "new Model(config, options): config and options must be objects");
@@ -371,7 +371,7 @@ class NativeModel : public Napi::ObjectWrap<NativeModel> {
   // forward(ids: Int32Array): Promise<Float32Array>, logits (T, vocabSize) of every position.
   Napi::Value forward(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
-    std::shared_ptr<Model> model = live(env);
+    std::shared_ptr<Transformer> model = live(env);
     const Config& c = handle_->config;
     std::vector<int> ids = token_ids(info[0], c.block_size, c.vocab_size, 0);
     Napi::Float32Array out = Napi::Float32Array::New(env, ids.size() * static_cast<size_t>(c.vocab_size));
@@ -386,12 +386,12 @@ class NativeModel : public Napi::ObjectWrap<NativeModel> {
     return p;
   }
 
-  // prefillMany(sessions: Session[], ids: Int32Array[]): Promise<Float32Array>[], as
-  // sessions[i].prefill(ids[i]) for every i, queued as one group so that they share batched
+  // appendMany(sessions: Session[], ids: Int32Array[]): Promise<Float32Array>[], as
+  // sessions[i].append(ids[i]) for every i, queued as one group so that they share batched
   // passes and settle together. A problem with one pair rejects its promise only.
-  Napi::Value prefill_many(const Napi::CallbackInfo& info);
+  Napi::Value append_many(const Napi::CallbackInfo& info);
 
-  // stats(): what Model::run has done; proof of batching for the tests.
+  // stats(): what Transformer::run has done; proof of batching for the tests.
   Napi::Value stats(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     const BatchStats s = live(env)->stats();
@@ -428,7 +428,7 @@ class NativeModel : public Napi::ObjectWrap<NativeModel> {
     return Napi::String::New(info.Env(), p == Precision::f16 ? "f16" : p == Precision::f32 ? "f32" : "auto");
   }
 
-  std::shared_ptr<Model> live(Napi::Env env) {
+  std::shared_ptr<Transformer> live(Napi::Env env) {
     if (handle_->disposed) throw disposed_error(env, "model");
     if (!handle_->model) throw Napi::Error::New(env, "the model is not loaded yet: await load() first");
     return handle_->model;
@@ -440,20 +440,20 @@ class NativeModel : public Napi::ObjectWrap<NativeModel> {
   Precision precision_ = Precision::f32;
 };
 
-// ---- Session ----------------------------------------------------------------------------------
+// ---- AddonSession -----------------------------------------------------------------------------
 
-class NativeSession : public Napi::ObjectWrap<NativeSession> {
+class AddonSession : public Napi::ObjectWrap<AddonSession> {
  public:
   static Napi::Function define(Napi::Env env) {
     return DefineClass(env, "Session",
-                       {InstanceMethod<&NativeSession::prefill>("prefill"),
-                        InstanceMethod<&NativeSession::reset>("reset"),
-                        InstanceMethod<&NativeSession::dispose>("dispose"),
-                        InstanceAccessor<&NativeSession::length>("length")});
+                       {InstanceMethod<&AddonSession::append>("append"),
+                        InstanceMethod<&AddonSession::reset>("reset"),
+                        InstanceMethod<&AddonSession::dispose>("dispose"),
+                        InstanceAccessor<&AddonSession::length>("length")});
   }
 
   // Made by Model.createSession only: the argument is an External of the model's handle.
-  explicit NativeSession(const Napi::CallbackInfo& info) : Napi::ObjectWrap<NativeSession>(info) {
+  explicit AddonSession(const Napi::CallbackInfo& info) : Napi::ObjectWrap<AddonSession>(info) {
     if (info.Length() < 1 || !info[0].IsExternal()) {
       throw Napi::TypeError::New(info.Env(), "sessions are made by Model.createSession()");
     }
@@ -462,8 +462,9 @@ class NativeSession : public Napi::ObjectWrap<NativeSession> {
   }
 
  private:
-  // prefill(ids: Int32Array): Promise<Float32Array>, the logits (vocabSize) of the last id.
-  Napi::Value prefill(const Napi::CallbackInfo& info) {
+  // append(ids: Int32Array): Promise<Float32Array>, the logits (vocabSize) of the last id: a
+  // prefill of the TypeScript session, or one decode step.
+  Napi::Value append(const Napi::CallbackInfo& info) {
     std::vector<std::unique_ptr<PassEntry>> entries;
     entries.push_back(begin(info[0]));
     BusyClaim busy = claim();
@@ -524,16 +525,16 @@ class NativeSession : public Napi::ObjectWrap<NativeSession> {
 
 }  // namespace
 
-Napi::Value NativeModel::prefill_many(const Napi::CallbackInfo& info) {
+Napi::Value AddonModel::append_many(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  std::shared_ptr<Model> model = live(env);
+  std::shared_ptr<Transformer> model = live(env);
   if (info.Length() < 2 || !info[0].IsArray() || !info[1].IsArray()) {
-    throw Napi::TypeError::New(env, "prefillMany(sessions, ids): sessions and ids must be arrays");
+    throw Napi::TypeError::New(env, "appendMany(sessions, ids): sessions and ids must be arrays");
   }
   Napi::Array sessions = info[0].As<Napi::Array>();
   Napi::Array ids = info[1].As<Napi::Array>();
   if (sessions.Length() != ids.Length()) {
-    throw Napi::RangeError::New(env, "prefillMany: " + std::to_string(sessions.Length()) + " sessions but " +
+    throw Napi::RangeError::New(env, "appendMany: " + std::to_string(sessions.Length()) + " sessions but " +
                                          std::to_string(ids.Length()) + " id arrays; give one per session");
   }
   Napi::Function session_class = addon_data(env)->session_class.Value();
@@ -546,11 +547,11 @@ Napi::Value NativeModel::prefill_many(const Napi::CallbackInfo& info) {
     try {
       Napi::Value v = sessions.Get(i);
       if (!v.IsObject() || !v.As<Napi::Object>().InstanceOf(session_class)) {
-        throw Napi::TypeError::New(env, "prefillMany: sessions[" + std::to_string(i) + "] is not a Session");
+        throw Napi::TypeError::New(env, "appendMany: sessions[" + std::to_string(i) + "] is not a Session");
       }
-      NativeSession* session = NativeSession::Unwrap(v.As<Napi::Object>());
+      AddonSession* session = AddonSession::Unwrap(v.As<Napi::Object>());
       if (!session->belongs_to(handle_)) {
-        throw Napi::Error::New(env, "prefillMany: sessions[" + std::to_string(i) + "] belongs to another model");
+        throw Napi::Error::New(env, "appendMany: sessions[" + std::to_string(i) + "] belongs to another model");
       }
       std::unique_ptr<PassEntry> entry = session->begin(ids.Get(i));
       BusyClaim busy = session->claim();  // a session twice in the group: the second finds it busy
@@ -571,8 +572,8 @@ Napi::Value NativeModel::prefill_many(const Napi::CallbackInfo& info) {
 }
 
 void register_model_classes(Napi::Env env, Napi::Object exports, AddonData* data) {
-  Napi::Function model = NativeModel::define(env);
-  Napi::Function session = NativeSession::define(env);
+  Napi::Function model = AddonModel::define(env);
+  Napi::Function session = AddonSession::define(env);
   data->model_class = Napi::Persistent(model);
   data->session_class = Napi::Persistent(session);
   exports.Set("Model", model);

@@ -240,7 +240,7 @@ describe('batched decoding', () => {
     runtime.dispose();
   });
 
-  test('the raw prefillMany checks its arguments and rejects a bad pair alone', async () => {
+  test('the raw appendMany checks its arguments and rejects a bad pair alone', async () => {
     const addon = load.addon!;
     const tensors = addonTensors(CONFIG, WEIGHTS);
     const m = new addon.Model(CONFIG, { threads: 1 });
@@ -249,10 +249,10 @@ describe('batched decoding', () => {
     const a = m.createSession();
     const b = m.createSession();
     const foreign = other.createSession();
-    assert.throws(() => m.prefillMany(a as never, [] as never), /must be arrays/);
-    assert.throws(() => m.prefillMany([a, b], [Int32Array.of(1)]), /2 sessions but 1 id arrays/);
+    assert.throws(() => m.appendMany(a as never, [] as never), /must be arrays/);
+    assert.throws(() => m.appendMany([a, b], [Int32Array.of(1)]), /2 sessions but 1 id arrays/);
     const results = await Promise.allSettled(
-      m.prefillMany(
+      m.appendMany(
         [a, {} as never, foreign, b, b, a],
         [Int32Array.of(1, 2), Int32Array.of(1), Int32Array.of(1), Int32Array.of(70), Int32Array.of(5), Int32Array.of(3)],
       ),
@@ -271,7 +271,7 @@ describe('batched decoding', () => {
     assert.ok(stats.busySeconds > 0);
     m.dispose();
     other.dispose();
-    assert.throws(() => m.prefillMany([a], [Int32Array.of(1)]), /disposed/);
+    assert.throws(() => m.appendMany([a], [Int32Array.of(1)]), /disposed/);
   });
 
   test('the event loop stays free while 8 samples decode in batches (6 layers x 384)', async (t) => {

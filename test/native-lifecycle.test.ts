@@ -92,7 +92,7 @@ describe('environment teardown', () => {
 
   test('a worker that exits inside a binding call (from a getter the call reads) ends cleanly', () => {
     // Deterministic form of the same race: process.exit() in a worker stops its environment while
-    // prefillMany is between two Node-API calls, so every call after it fails.
+    // appendMany is between two Node-API calls, so every call after it fails.
     const r = child(`
       import { Worker } from 'node:worker_threads';
       const code = \`
@@ -107,7 +107,7 @@ describe('environment teardown', () => {
         const ids = [Int32Array.of(1)];
         Object.defineProperty(ids, 1, { get() { process.exit(0); }, enumerable: true });
         parentPort.postMessage('calling');
-        model.prefillMany(sessions, ids);
+        model.appendMany(sessions, ids);
         parentPort.postMessage('returned');\`;
       const worker = new Worker(code, { eval: true, execArgv: ['--input-type=module'] });
       const messages = [];
@@ -226,10 +226,10 @@ describe('weights', () => {
 });
 
 describe('sessions', () => {
-  test('a prefillMany that throws while building its group leaves the session free', async () => {
+  test('a appendMany that throws while building its group leaves the session free', async () => {
     const model = await loaded(SMALL);
     const session = model.createSession();
-    // prefillMany stores each promise in a fresh array: a setter on Array.prototype[0] makes that
+    // appendMany stores each promise in a fresh array: a setter on Array.prototype[0] makes that
     // throw after the request for sessions[0] was built, and again when it stores the rejection.
     Object.defineProperty(Array.prototype, '0', {
       set() {
@@ -238,23 +238,23 @@ describe('sessions', () => {
       configurable: true,
     });
     try {
-      assert.throws(() => model.prefillMany([session], [Int32Array.of(1, 2)]), /no element 0 today/);
+      assert.throws(() => model.appendMany([session], [Int32Array.of(1, 2)]), /no element 0 today/);
     } finally {
       delete (Array.prototype as unknown as Record<string, unknown>)['0'];
     }
     // The session was never queued: not busy, still empty.
     assert.equal(session.length, 0);
     session.reset();
-    const logits = await session.prefill(Int32Array.of(1, 2));
+    const logits = await session.append(Int32Array.of(1, 2));
     assert.equal(logits.length, SMALL.vocabSize);
     assert.equal(session.length, 2);
     model.dispose();
   });
 
-  test('a session twice in one prefillMany: the second request is refused as busy, the first runs', async () => {
+  test('a session twice in one appendMany: the second request is refused as busy, the first runs', async () => {
     const model = await loaded(SMALL);
     const session = model.createSession();
-    const [first, second] = model.prefillMany([session, session], [Int32Array.of(1), Int32Array.of(2)]);
+    const [first, second] = model.appendMany([session, session], [Int32Array.of(1), Int32Array.of(2)]);
     await assert.rejects(second as Promise<Float32Array>, /still running/);
     await first;
     assert.equal(session.length, 1);
@@ -284,7 +284,7 @@ describe('native memory V8 is told of', () => {
         const model = new addon.Model(config, { threads: 1 });
         await model.load(tensors);
         const sessions = [model.createSession(), model.createSession()];
-        await Promise.all(sessions.map((s) => s.prefill(Int32Array.of(1, 2, 3))));
+        await Promise.all(sessions.map((s) => s.append(Int32Array.of(1, 2, 3))));
         if (dispose) { sessions.forEach((s) => s.dispose()); model.dispose(); }
       };
       await settle();
@@ -293,7 +293,7 @@ describe('native memory V8 is told of', () => {
       await model.load(tensors);
       const loaded = addon.externalMemory() - start;
       const session = model.createSession();
-      await session.prefill(Int32Array.of(1, 2, 3));
+      await session.append(Int32Array.of(1, 2, 3));
       const prefilled = addon.externalMemory() - start - loaded;
       session.dispose();
       model.dispose();

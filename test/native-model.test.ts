@@ -214,12 +214,12 @@ describe('bad input gives errors, not crashes', () => {
     assert.throws(() => m.load(transposed), /\(transformer\.h\.0\.mlp\.c_fc\.weight\) must have shape \[\d+, \d+\]/);
     await m.load(tensors);
     const s = m.createSession();
-    const first = s.prefill(Int32Array.of(1));
-    assert.throws(() => s.prefill(Int32Array.of(2)), /still running/);
+    const first = s.append(Int32Array.of(1));
+    assert.throws(() => s.append(Int32Array.of(2)), /still running/);
     assert.throws(() => s.reset(), /while its prefill is running/);
     await first;
     assert.throws(() => new addon.Session() as unknown, /createSession/);
     m.dispose();
-    assert.throws(() => s.prefill(Int32Array.of(1)), /disposed/);
+    assert.throws(() => s.append(Int32Array.of(1)), /disposed/);
   });
 });

@@ -1,5 +1,5 @@
 // The engine under concurrency, without Node: the thread pool, several models sharing the
-// machine, concurrent callers of Model::run (served one call at a time), requests batched by an
+// machine, concurrent callers of Transformer::run (served one call at a time), requests batched by an
 // engine thread as the addon's, the KV-cache pool, and models made and destroyed while others
 // compute. Built by CMake with MICROGPT_TESTS=ON and run by CTest;
 // scripts/sanitize.sh runs it under ThreadSanitizer and under AddressSanitizer + UBSan, which is
@@ -10,7 +10,7 @@
 // same request run alone on a one-thread model (the engine's promise, native/README.md).
 //
 // Not covered: the Engine of addon_engine.cpp (it is built on Node-API's thread-safe functions);
-// engine_thread() below drives Model::run the way it does, from one thread fed by others.
+// engine_thread() below drives Transformer::run the way it does, from one thread fed by others.
 //
 // Usage: engine_stress [isa ...]   (scalar, avx2, avx512, neon or best; default: every one this
 // CPU runs)
@@ -32,7 +32,7 @@
 #include <vector>
 
 #include "cpu.h"
-#include "model.h"
+#include "transformer.h"
 #include "thread_pool.h"
 
 namespace microgpt {
@@ -157,8 +157,8 @@ TestWeights weights_for(const Config& c, uint32_t seed) {
   return w;
 }
 
-std::unique_ptr<Model> make_model(const Spec& spec, const TestWeights& w, Isa isa, int threads) {
-  return std::make_unique<Model>(spec.config, w.pointers, isa, threads, spec.precision);
+std::unique_ptr<Transformer> make_model(const Spec& spec, const TestWeights& w, Isa isa, int threads) {
+  return std::make_unique<Transformer>(spec.config, w.pointers, isa, threads, spec.precision);
 }
 
 // Session i's tokens: a prompt of 1 to 5 ids, then one id per decode step; all different.
@@ -179,7 +179,7 @@ ForwardRequest request(KVCache* cache, int start, const std::vector<int>& ids, f
   return ForwardRequest{cache, start, ids.data(), static_cast<int>(ids.size()), logits, all_positions, std::string()};
 }
 
-void run_one(Model& model, ForwardRequest& r) {
+void run_one(Transformer& model, ForwardRequest& r) {
   ForwardRequest* p = &r;
   model.run(&p, 1);
   CHECK(r.error.empty(), "a request failed: %s", r.error.c_str());
@@ -197,7 +197,7 @@ struct Reference {
 Reference reference(const Spec& spec, const TestWeights& w, Isa isa, int sessions, int steps) {
   const Config& c = spec.config;
   const size_t V = c.vocab_size;
-  std::unique_ptr<Model> model = make_model(spec, w, isa, 1);
+  std::unique_ptr<Transformer> model = make_model(spec, w, isa, 1);
   Reference ref;
   for (int i = 0; i < sessions; i++) {
     PooledKVCache cache = model->kv_cache();
@@ -230,9 +230,9 @@ Reference reference(const Spec& spec, const TestWeights& w, Isa isa, int session
   return ref;
 }
 
-// One caller of Model::run: its sessions step together, one group (one batched run() call) per
+// One caller of Transformer::run: its sessions step together, one group (one batched run() call) per
 // step, while other callers do the same; every logit must match the reference bit for bit.
-void caller(Model& model, const Spec& spec, const Reference& ref, int first, int count, int steps) {
+void caller(Transformer& model, const Spec& spec, const Reference& ref, int first, int count, int steps) {
   const Config& c = spec.config;
   const size_t V = c.vocab_size;
   std::vector<PooledKVCache> caches;
@@ -261,7 +261,7 @@ void caller(Model& model, const Spec& spec, const Reference& ref, int first, int
 }
 
 // One-off forward passes (every position's logits, each alone in its pass) between the batches.
-void forwarder(Model& model, const Spec& spec, const Reference& ref, int sessions, int steps, int passes) {
+void forwarder(Transformer& model, const Spec& spec, const Reference& ref, int sessions, int steps, int passes) {
   const size_t V = spec.config.vocab_size;
   for (int p = 0; p < passes; p++) {
     const int i = p % sessions;
@@ -276,11 +276,11 @@ void forwarder(Model& model, const Spec& spec, const Reference& ref, int session
 }
 
 // The addon's Engine in miniature: one thread runs whatever groups are waiting through
-// Model::run, taking the sessions' caches from the model on that thread; the submitting threads
+// Transformer::run, taking the sessions' caches from the model on that thread; the submitting threads
 // wait for their group and drop the caches afterwards, on their own threads.
 class MiniEngine {
  public:
-  explicit MiniEngine(Model& model) : model_(model), thread_([this] { loop(); }) {}
+  explicit MiniEngine(Transformer& model) : model_(model), thread_([this] { loop(); }) {}
   ~MiniEngine() {
     {
       std::lock_guard<std::mutex> lock(mutex_);
@@ -330,7 +330,7 @@ class MiniEngine {
     }
   }
 
-  Model& model_;
+  Transformer& model_;
   std::mutex mutex_;
   std::condition_variable wake_;
   std::deque<Group> inbox_;
@@ -371,7 +371,7 @@ constexpr int kSteps = 12;
 
 // One model, several callers at once, twice (the second round reuses the first round's caches).
 void batching(const Spec& spec, const TestWeights& w, const Reference& ref, Isa isa, int threads) {
-  std::unique_ptr<Model> model = make_model(spec, w, isa, threads);
+  std::unique_ptr<Transformer> model = make_model(spec, w, isa, threads);
   uint64_t allocated_after_first = 0;
   for (int round = 0; round < 2; round++) {
     std::vector<std::thread> callers;
@@ -423,7 +423,7 @@ void batching(const Spec& spec, const TestWeights& w, const Reference& ref, Isa 
 void churn(const Spec& spec, const TestWeights& w, const Reference& ref, Isa isa, const std::atomic<bool>& stop) {
   const size_t V = spec.config.vocab_size;
   for (int n = 0; n < 3 || !stop.load(); n++) {
-    std::unique_ptr<Model> model = make_model(spec, w, isa, 1 + n % 3);
+    std::unique_ptr<Transformer> model = make_model(spec, w, isa, 1 + n % 3);
     std::vector<PooledKVCache> caches;
     for (int i = 0; i < 1 + n % 3; i++) caches.push_back(model->kv_cache());
     std::vector<int> ids = prompt_of(spec.config, n % kSessions);

@@ -34,7 +34,7 @@ export interface AddonTensor {
   readonly data: Float32Array;
 }
 
-/** A tensor of the engine's layout table (native/model.h, tensor_layout). */
+/** A tensor of the engine's layout table (native/config.h, tensor_layout). */
 export interface AddonTensorSpec {
   readonly name: string;
   readonly shape: number[];
@@ -57,11 +57,11 @@ export interface AddonModel {
   forward(ids: Int32Array): Promise<Float32Array>;
   createSession(): AddonSession;
   /**
-   * `sessions[i].prefill(ids[i])` for every i, queued as one group: the engine batches them (and
+   * `sessions[i].append(ids[i])` for every i, queued as one group: the engine batches them (and
    * whatever else is waiting) into shared forward passes, and settles them all in one callback.
    * A problem with one pair (disposed, busy, bad ids) rejects that pair's promise only.
    */
-  prefillMany(sessions: readonly AddonSession[], ids: readonly Int32Array[]): Promise<Float32Array>[];
+  appendMany(sessions: readonly AddonSession[], ids: readonly Int32Array[]): Promise<Float32Array>[];
   /** What the engine's batching has done so far (tests and diagnostics). */
   stats(): AddonBatchStats;
   /** Frees the weights now, or when the passes still running end. */
@@ -87,12 +87,13 @@ export interface AddonSession {
   readonly length: number;
   /**
    * Appends ids (length + T <= blockSize) and resolves to the last position's logits: the
-   * session's one array, overwritten by its next call.
+   * session's one array, overwritten by its next call. Both InferenceSession.prefill and .decode
+   * (one id) come here.
    */
-  prefill(ids: Int32Array): Promise<Float32Array>;
-  /** Throws while a prefill is running. */
+  append(ids: Int32Array): Promise<Float32Array>;
+  /** Throws while an append is running. */
   reset(): void;
-  /** Gives the KV cache back to the model (for the next session) now, or when the running prefill ends. */
+  /** Gives the KV cache back to the model (for the next session) now, or when the running append ends. */
   dispose(): void;
 }
 
@@ -148,7 +149,7 @@ export interface AddonTesting {
 }
 
 /**
- * The largest config the engine runs (native/model.h, ConfigLimits), under the names of
+ * The largest config the engine runs (native/config.h, ConfigLimits), under the names of
  * lib/config.ts's CONFIG_LIMITS, which must hold the same numbers.
  */
 export interface AddonConfigLimits {

@@ -64,7 +64,7 @@ function translate(error: unknown): never {
   throw error;
 }
 
-/** A session's prefill or decode waiting for the runtime's next flush. */
+/** A session's prefill or decode (an append of ids) waiting for the runtime's next flush. */
 interface QueuedCall {
   readonly session: AddonSession;
   readonly ids: Int32Array;
@@ -74,7 +74,7 @@ interface QueuedCall {
 
 /**
  * Sessions' calls are not handed to the addon one by one: they are collected and handed over as
- * one group (`prefillMany`) at the next turn of the event loop (setImmediate). Generation loops
+ * one group (`appendMany`) at the next turn of the event loop (setImmediate). Generation loops
  * in flight together (generateMany, concurrent generate calls) issue their next step in the same
  * turn, so the engine gets them at once and runs them as one batched pass, instead of starting
  * the first alone while the others arrive. A group is settled together, so the loops stay in
@@ -132,7 +132,7 @@ export class NativeRuntime implements ModelRuntime {
     return this.live().stats();
   }
 
-  /** Queues `session.prefill(ids)` for the next flush; `ids` must not change afterwards. */
+  /** Queues `session.append(ids)` for the next flush; `ids` must not change afterwards. */
   submit(session: AddonSession, ids: Int32Array): Promise<Float32Array> {
     this.live();
     return new Promise<Float32Array>((resolve, reject) => {
@@ -152,7 +152,7 @@ export class NativeRuntime implements ModelRuntime {
     this.queued = [];
     let promises: Promise<Float32Array>[];
     try {
-      promises = this.live().prefillMany(
+      promises = this.live().appendMany(
         calls.map((c) => c.session),
         calls.map((c) => c.ids),
       );

@@ -1,5 +1,5 @@
 // The model: its weights, pool and scratch, and the queue that turns requests into batched passes.
-#include "model.h"
+#include "transformer.h"
 
 #include <algorithm>
 #include <chrono>
@@ -8,7 +8,7 @@
 
 namespace microgpt {
 
-Model::Model(const Config& config, const std::vector<const float*>& tensors, Isa isa, int threads, Precision precision)
+Transformer::Transformer(const Config& config, const std::vector<const float*>& tensors, Isa isa, int threads, Precision precision)
     : config_(config),
       kernels_(&kernels_for(isa)),
       w_(pack_weights(config, tensors, precision)),
@@ -18,9 +18,9 @@ Model::Model(const Config& config, const std::vector<const float*>& tensors, Isa
   s_ = make_run_state(config, pool_.size(), max_rows_, kMaxBatch);
 }
 
-Model::~Model() { cache_pool_->close(); }
+Transformer::~Transformer() { cache_pool_->close(); }
 
-PooledKVCache Model::kv_cache() {
+PooledKVCache Transformer::kv_cache() {
   std::unique_ptr<KVCache> cache = cache_pool_->take();
   if (!cache) {
     cache = std::make_unique<KVCache>(new_kv_cache(config_));
@@ -30,7 +30,7 @@ PooledKVCache Model::kv_cache() {
   return PooledKVCache(cache.release(), KVCacheReturn{cache_pool_});
 }
 
-void Model::run(ForwardRequest* const* requests, int n) {
+void Transformer::run(ForwardRequest* const* requests, int n) {
   for (int i = 0; i < n; i++) {
     const ForwardRequest& r = *requests[i];
     if (r.start < 0 || r.T < 1 || r.start + r.T > config_.block_size) {
@@ -78,7 +78,7 @@ void Model::run(ForwardRequest* const* requests, int n) {
   }
 }
 
-BatchStats Model::stats() {
+BatchStats Transformer::stats() {
   std::lock_guard<std::mutex> lock(stats_mutex_);
   BatchStats s = stats_;
   s.caches_allocated = caches_allocated_.load(std::memory_order_relaxed);

@@ -1,7 +1,8 @@
-// A loaded model: what is configured (Config, config.h), what is learned (Weights, weights.h) and
-// what is scratch (RunState, forward.h; KVCache, kv_cache.h), kept apart as in llama2.c. Weights
-// belong to a Model and are shared by all its sessions; each session owns a KVCache; the scratch
-// RunState belongs to the Model and is used by one batched forward pass at a time (Model::run).
+// The engine's model (Transformer): what is configured (Config, config.h), what is learned
+// (Weights, weights.h) and what is scratch (RunState, forward.h; KVCache, kv_cache.h), kept apart
+// as in llama2.c. Weights belong to a Transformer and are shared by all its sessions; each session
+// owns a KVCache; the scratch RunState belongs to the Transformer and is used by one batched
+// forward pass at a time (Transformer::run).
 #pragma once
 
 #include <atomic>
@@ -19,7 +20,7 @@
 
 namespace microgpt {
 
-// What Model::run has done, for tests and diagnostics: proof that requests were batched.
+// What Transformer::run has done, for tests and diagnostics: proof that requests were batched.
 struct BatchStats {
   uint64_t passes = 0;         // batched forward passes run
   uint64_t requests = 0;       // requests they served
@@ -29,17 +30,17 @@ struct BatchStats {
   uint64_t caches_allocated = 0;  // KV caches made (the others were reused from the pool)
 };
 
-class Model {
+class Transformer {
  public:
   // `tensors`: one pointer per tensor_layout(config) entry, in its order, each to that tensor's
   // size() floats; copied and packed here.
   // Throws std::invalid_argument when Precision::f16 is asked of weights beyond float16's range.
-  Model(const Config& config, const std::vector<const float*>& tensors, Isa isa, int threads,
+  Transformer(const Config& config, const std::vector<const float*>& tensors, Isa isa, int threads,
         Precision precision = Precision::f32);
 
-  ~Model();
-  Model(const Model&) = delete;
-  Model& operator=(const Model&) = delete;
+  ~Transformer();
+  Transformer(const Transformer&) = delete;
+  Transformer& operator=(const Transformer&) = delete;
 
   const Config& config() const { return config_; }
   const Kernels& kernels() const { return *kernels_; }
