@@ -61,9 +61,9 @@ void Engine::close() {
 
 void Engine::Core::loop() {
   for (;;) {
-    // Waits asleep, not spinning: on the 2-vCPU VM, spinning through the gap between two decode
-    // steps (kIdleSpin) measured the same per-token time as sleeping, while it took a core
-    // from the main thread's sampling; the pool's workers linger for the pass that follows.
+    // Waits asleep, not spinning: spinning through the gap between two decode steps gained no
+    // per-token time and took a core from the main thread's sampling; the pool's workers
+    // linger for the pass that follows.
     std::vector<Group> groups;
     {
       std::unique_lock<std::mutex> lock(mutex);

@@ -7,9 +7,9 @@
 //
 // Why a thread of our own rather than Napi::AsyncWorkers on libuv's pool: libuv's 4 threads
 // also serve fs, dns, crypto and zlib for the whole process. A pass held one of them for as long
-// as it ran (a gpt2-sized full-block prefill takes about a second here), and every group waiting
+// as it ran (a gpt2-sized full-block prefill can take a second), and every group waiting
 // for the model held another, so a few generations in flight stalled the rest of a Node service.
-// The engine leaves them alone. (Per-token latency is the same either way on the 2-vCPU VM.)
+// The engine leaves them alone, at no cost in per-token latency (docs/native-measurements.md).
 //
 // Lifetime. The Engine is made when the model's weights are loaded and belongs to the model's
 // Handle (shared by the JS model and its sessions). Work in flight holds the JS objects that

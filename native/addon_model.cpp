@@ -1,18 +1,19 @@
-// The Model and Session classes JavaScript sees. The weights are copied on the main thread and
-// packed on a Napi::AsyncWorker; every forward pass runs on the model's Engine (addon_engine.h),
-// a thread of its own, and settles a Promise: the event loop never waits for a kernel.
+// The Model and Session classes JavaScript sees (AddonModel, AddonSession here and in
+// binding.ts). The weights are copied on the main thread and packed on a Napi::AsyncWorker; every
+// forward pass runs on the model's Engine (addon_engine.h), a thread of its own, and settles a
+// Promise: the event loop never waits for a kernel.
 //
 // Batching: each call queues a group of requests (Model.appendMany: one per session; a plain
-// prefill or forward: one), and the engine runs everything queued by the time it is free through
-// Transformer::run as shared passes (continuous batching), then settles each group in one callback. A
-// group settled together comes back together, so sessions stepping in lockstep stay in one batch.
+// append or forward: one), and the engine runs everything queued by the time it is free through
+// Transformer::run as shared passes, then settles each group in one callback. A group settled
+// together comes back together, so sessions stepping in lockstep stay in one batch.
 //
-// Lifetime: a AddonModel's Handle owns a shared_ptr<Transformer>; each queued group holds another, so
-// dispose() drops the model's reference at once and the memory goes when the last pending pass
-// ends. Sessions hold the AddonModel's shared_ptr<Handle>, not the Transformer, so a disposed model is
-// freed even while its sessions live (they then fail with "disposed"). The KV cache of a session
-// is shared the same way with its requests; when the last of them drops it, it goes back to the
-// model's pool of caches, or is freed if the model is gone (kv_cache.h, KVCachePool).
+// Lifetime: an AddonModel's Handle owns a shared_ptr<Transformer>; each queued group holds
+// another, so dispose() drops the model's reference at once and the memory goes when the last
+// pending pass ends. Sessions hold the AddonModel's shared_ptr<Handle>, not the Transformer, so a
+// disposed model is freed even while its sessions live (they then fail with "disposed"). The KV
+// cache of a session is shared the same way with its requests; when the last of them drops it, it
+// goes back to the model's pool of caches, or is freed if the model is gone (kv_cache.h).
 #include <cmath>
 #include <cstring>
 #include <functional>

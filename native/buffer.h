@@ -23,7 +23,7 @@ void advise_huge_pages(void* p, size_t bytes);
 // its length, scratch per pass), so no page is touched before it is needed.
 // With `huge` (the weights), a buffer of 4 MB or more is 2 MB aligned and asked for huge pages: a
 // decode step streams every weight once, and with 4 KB pages it also walks a page table entry
-// per 4 KB (measured on the 2-vCPU VM: batch-8 decode of char-10M 1.62 -> 1.48 ms per pass).
+// per 4 KB, which huge pages save (docs/native-measurements.md).
 // Not for KV caches: a short sequence touches the start of each layer's cache only, and a huge
 // page would commit 2 MB for each such touch.
 template <typename T>

@@ -21,9 +21,10 @@ struct Config {
 // Bounds on a config, so that a small hostile or mistyped file cannot ask for absurd memory or
 // compute: what nanoGPT-class models need, with room (gpt2-xl is 48 layers, 25 heads, 1600 wide,
 // block 1024). The same table as lib/config.ts's CONFIG_LIMITS: the addon exports it as
-// `configLimits`, and a test holds the two equal; check_config() applies it. At these limits
-// every count the engine computes fits its type: sizes and offsets of tensors, caches and scratch
-// are size_t, and what stays int (C, 4C, vocab_size, positions, panels) is below 2^31.
+// `configLimits`, and a test holds the two equal; check_config() applies it. Sizes and offsets of
+// tensors, caches, scratch and logits are size_t (a full-window pass's logits, block_size x
+// vocab_size, pass 2^31 at these limits); an int holds one dimension (C, 4C, vocab_size, a
+// position, a panel count) or a small product (C x kKeyTile, blocks x heads), all below 2^31.
 struct ConfigLimits {
   static constexpr int64_t vocab_size = 1114112;  // every Unicode code point
   static constexpr int64_t block_size = 4096;

@@ -1,5 +1,5 @@
 // The NEON kernels for arm64, where NEON (Advanced SIMD) is part of the baseline. Built only on
-// arm64; not run on the x86 machine this was written on, only read for compile-correctness.
+// arm64; no CI machine runs them (how they were checked: docs/native-measurements.md).
 #include <arm_neon.h>
 
 #include "probes.h"

@@ -25,8 +25,8 @@ struct KVCache {
 inline int kv_cache_tiles(const Config& c) { return (c.block_size + kKeyTile - 1) / kKeyTile; }
 
 // Freed KV caches of one model, kept for its next sessions. A fresh cache costs a page fault per
-// 4 KB on first touch, and the kernel zeroes each page: 1.5 us per page on the 2-vCPU VM, so a
-// full-block char-10M prefill spent 5-8 % of its time (1,164 faults) inside its fresh cache.
+// 4 KB on first touch, and the kernel zeroes each page: a few percent of a full-block prefill
+// (docs/native-measurements.md).
 // Every cache a model hands out has block_size rows; a shorter use touches, and so commits, only
 // the first rows of each layer, so one size serves sessions and one-off passes alike. Holds at
 // most kKeepBytes of caches (at least one); the rest are freed. Thread-safe.

@@ -16,8 +16,8 @@ namespace {
 // matmuls split, its LayerNorms do not. With more threads than free cores the barrier grows and
 // small steps stay on fewer threads.
 double min_work_per_thread(const ThreadPool& pool) {
-  // The barrier of the whole pool grows with its size (0.7 us for 2 threads, 5 us for 16 on a
-  // 16-core VM); a split into n costs about n of its per-thread shares.
+  // The barrier of the whole pool grows with its size; a split into n costs about n of its
+  // per-thread shares.
   const double work = pool.barrier_seconds() / pool.size() * 1e6 * 100e3;
   return std::min(4e6, std::max(64e3, work));
 }

@@ -22,7 +22,7 @@ namespace {
 
 // Outside a Busy scope a waiting thread spins this long before it sleeps: about the gap between
 // two decode steps of a generation (the result's trip to the main thread, sampling, the next
-// request's trip back: 100-200 us on the 2-vCPU VM), so a worker is still up when the next pass
+// request's trip back: a few hundred microseconds at most), so a worker is still up when the next pass
 // starts instead of paying a wake-up at its first split. After kYieldAfter it yields at every
 // check, so it only spins on a core nobody else wants.
 constexpr auto kIdleSpin = std::chrono::microseconds(250);

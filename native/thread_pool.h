@@ -2,8 +2,8 @@
 // pool of n threads starts n - 1 workers.
 //
 // Waiting is the whole game on a machine with few, shared cores. A sleeping worker takes tens of
-// microseconds to wake (measured on a 2-vCPU VM: 3 to 60 us per run()), while two spinning
-// threads hand over work in well under a microsecond. But a thread that spins while there is no
+// microseconds to wake, while two spinning threads hand over work in well under a microsecond
+// (figures: docs/native-measurements.md). But a thread that spins while there is no
 // work steals the very core the thread we wait for (Node's main thread, libuv's) needs. So
 // workers spin freely only while the pool is busy, i.e. inside a Busy scope (one forward pass,
 // which calls run() some fifty times in a row); between passes they spin about one decode step's
@@ -39,15 +39,14 @@ class ThreadPool {
 
   // Seconds one empty run() over every thread takes inside a Busy scope (the median of a few
   // dozen), the lowest of the measurements so far: what a split costs on this machine when the
-  // pool's threads have their cores (0.3 us for 2 threads on the 2-vCPU VM, ~5 us for 16 on a
-  // 16-core one). Measured when the pool starts and again by calibrate().
+  // pool's threads have their cores: under a microsecond for 2 threads, several for 16
+  // (docs/native-measurements.md). Measured when the pool starts and again by calibrate().
   double barrier_seconds() const { return barrier_seconds_; }
 
   // Measures the barrier again (`runs` empty runs) and keeps the lower value. Call it between
   // passes (it opens its own Busy scope), from time to time: one measurement can land in a busy
-  // moment. Measured while the
-  // main thread was computing on the 2-vCPU VM, the barrier came out at 106 us instead of 0.3 us,
-  // and the model then kept every decode matmul on one thread (524 against ~900 tokens/s).
+  // moment: measured while another thread computed, the barrier came out hundreds of times too
+  // high, and the model then kept every decode matmul on one thread.
   void calibrate(int runs);
 
   // While one is alive, the first `width` threads (those the pass will use: its widest split)
