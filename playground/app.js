@@ -36,7 +36,11 @@ function showToken(token) {
   return token;
 }
 
-const percent = (p) => (p >= 0.995 ? (p * 100).toFixed(0) : p >= 0.0995 ? (p * 100).toFixed(1) : (p * 100).toFixed(2)) + ' %';
+function percent(p) {
+  if (p > 0 && p < 0.00005) return '< 0.01 %';
+  const digits = p >= 0.995 ? 0 : p >= 0.0995 ? 1 : 2;
+  return `${(p * 100).toFixed(digits)} %`;
+}
 
 function headers() {
   const h = { 'content-type': 'application/json' };
@@ -253,7 +257,7 @@ class Sample {
       cell.scope = 'row';
       cell.textContent = (chosen ? '✓ ' : '') + showToken(d.token);
       if (chosen) cell.setAttribute('aria-label', `${showToken(d.token)}, drawn`);
-      tr.append(cell, probabilityCell(d.before), probabilityCell(d.after));
+      tr.append(cell, probabilityCell(d.before), probabilityCell(d.after, true));
       body.append(tr);
     }
     if (chosenAt < 0) {
@@ -277,12 +281,18 @@ function chosenProbability(token, distribution) {
   return last ? { value: last.after, bound: true } : undefined;
 }
 
-function probabilityCell(p) {
+/** A probability cell; `after` cells of 0 say that top-k or top-p removed the candidate. */
+function probabilityCell(p, after = false) {
   const td = document.createElement('td');
   td.className = 'p';
   td.dataset.p = String(p);
   td.style.setProperty('--p', String(p));
   td.textContent = percent(p);
+  if (after && p === 0) {
+    td.classList.add('cut');
+    td.textContent = 'cut';
+    td.title = 'removed by top-k or top-p';
+  }
   return td;
 }
 
