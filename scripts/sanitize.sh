@@ -7,7 +7,7 @@
 #     libasan is preloaded; node-gyp-build takes the sanitized binary from build-asan/addon/
 #     because MICROGPT_PREBUILD points there (it honours <PACKAGE NAME>_PREBUILD).
 #  2. ThreadSanitizer (build-tsan/): the same test program, which drives the thread pool, several
-#     models and concurrent callers batching through Model::run. Node under TSan is impractical,
+#     models and concurrent callers batching through Transformer::run. Node under TSan is impractical,
 #     so the Engine thread of addon_engine.cpp (Node-API) is not covered here.
 #
 # Skips (exit 0, one line) where the compiler has no sanitizer runtime. Builds with -j2 at most.
