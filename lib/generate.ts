@@ -183,6 +183,21 @@ function stopStrings(stop: unknown): string[] {
 }
 
 /**
+ * One generated token as the loop saw it, for an observer (the server's logprobs and
+ * distributions). Every field is valid only during the call: the loop reuses them.
+ */
+export interface TokenStep {
+  /** The step's raw logits over the vocabulary's characters (before any sampling transform). */
+  readonly logits: Float32Array;
+  /** The token drawn. */
+  readonly token: number;
+  /** The sampler that drew it: drawnProbability(id) is id's probability in that draw. */
+  readonly sampler: Sampler;
+}
+
+export type TokenObserver = (step: TokenStep) => void;
+
+/**
  * Generates one sample, yielding the text as it becomes final. Text that could be the start of a
  * stop string is held back until it is known not to be one. Returns the whole result.
  */
@@ -192,6 +207,7 @@ export async function* generateSample(
   promptIds: readonly number[],
   plan: GenerationPlan,
   sampleIndex: number,
+  observe?: TokenObserver,
 ): AsyncGenerator<string, GenerationResult, void> {
   const { blockSize, vocabSize } = runtime.config;
   // A model may have more token ids than characters (nanoGPT pads vocab sizes): never sample those.
@@ -213,7 +229,9 @@ export async function* generateSample(
     let logits = await session.prefill(window.subarray(0, windowLength));
     for (let n = 1; ; n++) {
       const u = plan.sampler.temperature === 0 ? 0 : rng.uniform();
-      const token = sampler.sample(usable === vocabSize ? logits : logits.subarray(0, usable), plan.sampler, u);
+      const usableLogits = usable === vocabSize ? logits : logits.subarray(0, usable);
+      const token = sampler.sample(usableLogits, plan.sampler, u);
+      if (observe !== undefined) observe({ logits: usableLogits, token, sampler });
       const ready = stopper.push(tokenizer.token(token));
       if (ready.length > 0) yield ready;
       if (stopper.stopped) return { text: stopper.text, tokens: n, finishReason: 'stop' };

@@ -9,6 +9,7 @@ import {
   type GenerateOptions,
   type GenerationPlan,
   type GenerationResult,
+  type TokenObserver,
 } from './generate.js';
 import type { EncodeOptions } from './tokenizer.js';
 import { CharTokenizer, checkIdList } from './tokenizer.js';
@@ -103,6 +104,26 @@ export class Model {
   stream(prompt: string, options?: GenerateOptions): AsyncGenerator<string, GenerationResult, void> {
     const { promptIds, plan } = this.prepare(prompt, { ...optionsObject(options, 'generation options'), numSamples: 1 });
     return generateSample(this.live(), this.tokenizer, promptIds, plan, 0);
+  }
+
+  /**
+   * stream() of sample `sampleIndex` (generateMany's sample i), calling `observe` at every token
+   * drawn, before its text is yielded. For the server's logprobs and distributions.
+   * @internal
+   */
+  streamObserved(
+    prompt: string,
+    options: GenerateOptions | undefined,
+    sampleIndex: number,
+    observe: TokenObserver,
+  ): AsyncGenerator<string, GenerationResult, void> {
+    const { promptIds, plan } = this.prepare(prompt, { ...optionsObject(options, 'generation options'), numSamples: 1 });
+    return generateSample(this.live(), this.tokenizer, promptIds, plan, sampleIndex, observe);
+  }
+
+  /** The engine itself, for diagnostics (the server's metrics, tests). @internal */
+  get runtimeForDiagnostics(): ModelRuntime {
+    return this.live();
   }
 
   /** Frees the engine's memory; the model cannot be used afterwards. */

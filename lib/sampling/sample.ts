@@ -37,6 +37,9 @@ export class Sampler {
   private probs: Float64Array;
   private scratch: Float64Array;
   private order: Int32Array;
+  /** What the last sample() drew from: its argmax when greedy, else the weights in probs summing to total. */
+  private lastGreedy = -1;
+  private lastTotal = 0;
 
   constructor(vocabSize: number) {
     if (!Number.isSafeInteger(vocabSize) || vocabSize < 1 || vocabSize > CONFIG_LIMITS.vocabSize) {
@@ -52,7 +55,8 @@ export class Sampler {
    * and the logits are those of one position, length vocabSize.
    */
   sample(logits: Float32Array, settings: SamplerSettings, u: number): number {
-    if (settings.temperature === 0) return argmax(logits);
+    if (settings.temperature === 0) return (this.lastGreedy = argmax(logits));
+    this.lastGreedy = -1;
     const V = logits.length;
     const probs = this.probs;
     for (let i = 0; i < V; i++) probs[i] = (logits[i] as number) / settings.temperature;
@@ -71,6 +75,7 @@ export class Sampler {
     }
 
     if (settings.topP !== undefined && settings.topP < 1) total = this.nucleus(V, total, settings.topP);
+    this.lastTotal = total;
 
     // Inverse transform over token ids in ascending order, as torch.multinomial walks the CDF.
     const target = u * total;
@@ -84,6 +89,16 @@ export class Sampler {
       if (cumulative > target) return i;
     }
     return lastKept; // u * total rounded up to the sum: the last possible token
+  }
+
+  /**
+   * The probability token `id` had in the last sample() call's draw, after temperature, top-k and
+   * top-p (0 for a token they filtered out; greedy: 1 for the argmax, 0 for the others). Valid
+   * until the next sample() call.
+   */
+  drawnProbability(id: number): number {
+    if (this.lastGreedy >= 0) return id === this.lastGreedy ? 1 : 0;
+    return ((this.probs[id] as number | undefined) ?? 0) / this.lastTotal;
   }
 
   /** The k-th largest of values[0..V) by quickselect over a copy (O(V), no sort). */

@@ -86,6 +86,7 @@ export class NativeRuntime implements ModelRuntime {
   private model: AddonModel | null;
   private queued: QueuedCall[] = [];
   private flushScheduled = false;
+  private sessionsOpen = 0;
 
   constructor(
     readonly config: ModelConfig,
@@ -113,7 +114,19 @@ export class NativeRuntime implements ModelRuntime {
   }
 
   createSession(): InferenceSession {
-    return new NativeSession(this.live().createSession(), this);
+    const session = new NativeSession(this.live().createSession(), this);
+    this.sessionsOpen++;
+    return session;
+  }
+
+  /** Sessions created and not yet disposed: a finished or aborted generation leaves none. */
+  get liveSessions(): number {
+    return this.sessionsOpen;
+  }
+
+  /** @internal NativeSession.dispose's count. */
+  sessionClosed(): void {
+    this.sessionsOpen--;
   }
 
   dispose(): void {
@@ -210,9 +223,11 @@ class NativeSession implements InferenceSession {
   }
 
   dispose(): void {
-    if (this.session !== null && this.inFlight > 0 && !this.runtime.disposed) this.runtime.flush();
-    this.session?.dispose();
+    if (this.session === null) return;
+    if (this.inFlight > 0 && !this.runtime.disposed) this.runtime.flush();
+    this.session.dispose();
     this.session = null;
+    this.runtime.sessionClosed();
   }
 
   private async submit(ids: Int32Array): Promise<Float32Array> {
