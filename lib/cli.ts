@@ -19,6 +19,8 @@ import { contextPolicyLosses, evaluate, MAX_EVAL_CHARACTERS } from './evaluate.j
 import { positionLossChartSvg } from './position-loss-chart.js';
 import { DEFAULT_MODEL, loadModel, readModelFile, type LoadOptions } from './load.js';
 import { parameterCount } from './config.js';
+import { startServer } from './serve/server.js';
+import { SERVE_DEFAULTS } from './serve/handler.js';
 
 const USAGE = `Usage: microgpt <command> [options]
 
@@ -35,6 +37,12 @@ Commands:
             Describes a model: config, parameters, vocabulary, format.
   convert   [--model PATH] [--meta meta.pkl] --out FILE.safetensors [--dtype f32|f16|bf16]
             Writes a nanoGPT checkpoint (or any model) as microgpt's safetensors.
+  serve     [--model PATH] [--host 127.0.0.1] [--port 8080] [--backend B] [--threads N]
+            [--precision P] [--max-concurrent N] [--api-key KEY] [--model-id ID]
+            An OpenAI-compatible HTTP server: POST /v1/completions, GET /v1/models, /health,
+            /metrics (Prometheus) and the playground at /. --api-key (or MICROGPT_API_KEY)
+            requires Authorization: Bearer KEY on /v1/. SIGINT/SIGTERM: stop accepting, let
+            generations finish (10 s), exit 0.
   bench     [--shape char-10M|gpt2-124M]... [--backend B]... [--runs N] [--threads N] [--json]
             [--chart FILE.svg]
             Tokens/s of decode and prefill, GEMM GFLOP/s, per engine, random weights.
@@ -92,6 +100,8 @@ async function main(argv: string[]): Promise<void> {
       return evalCommand(rest);
     case 'bench':
       return benchCommand(rest);
+    case 'serve':
+      return serveCommand(rest);
     case '--version':
     case '-v':
       process.stdout.write(`${packageVersion()}\n`);
@@ -103,7 +113,7 @@ async function main(argv: string[]): Promise<void> {
       process.stdout.write(`${USAGE}\n`);
       return;
     default:
-      throw new UsageError(`unknown command "${command}" (commands: generate, info, convert, eval, bench; see microgpt --help)`);
+      throw new UsageError(`unknown command "${command}" (commands: generate, info, convert, eval, bench, serve; see microgpt --help)`);
   }
 }
 
@@ -320,6 +330,44 @@ async function benchCommand(args: string[]): Promise<void> {
   });
   process.stdout.write(values['json'] === true ? `${JSON.stringify(report, null, 2)}\n` : `${formatBenchReport(report)}\n`);
   if (typeof values['chart'] === 'string') await writeFile(values['chart'], benchChartSvg(report));
+}
+
+async function serveCommand(args: string[]): Promise<void> {
+  const { values } = parse(args, {
+    ...modelOptions,
+    ...engineFlags,
+    host: { type: 'string' },
+    port: { type: 'string' },
+    'max-concurrent': { type: 'string' },
+    'api-key': { type: 'string' },
+    'model-id': { type: 'string' },
+  });
+  if (values['help'] === true) return void process.stdout.write(`${USAGE}\n`);
+  const port = optionalNumber(values, 'port', 'port').port ?? 8080;
+  if (!Number.isInteger(port) || port < 0 || port > 65535) throw new UsageError(`--port must be an integer from 0 to 65535, got ${port}`);
+  const maxConcurrent = optionalNumber(values, 'max-concurrent', 'n').n ?? SERVE_DEFAULTS.maxConcurrent;
+  if (!Number.isInteger(maxConcurrent) || maxConcurrent < 1) throw new UsageError(`--max-concurrent must be a positive integer, got ${maxConcurrent}`);
+  const apiKey = typeof values['api-key'] === 'string' ? values['api-key'] : process.env['MICROGPT_API_KEY'];
+  const running = await startServer({
+    model: modelPath(values),
+    load: engineOptions(values),
+    host: typeof values['host'] === 'string' ? values['host'] : '127.0.0.1',
+    port,
+    maxConcurrent,
+    ...(apiKey !== undefined && apiKey !== '' ? { apiKey } : {}),
+    ...(typeof values['model-id'] === 'string' ? { modelId: values['model-id'] } : {}),
+  });
+  const m = running.model;
+  process.stderr.write(`microgpt: serving ${m.source.path} (${m.backend} backend, ${m.precision} weights) at ${running.url}\n`);
+  process.stdout.write(`${running.url}\n`);
+  await new Promise<void>((resolve) => {
+    const stop = (signal: string): void => {
+      process.stderr.write(`microgpt: ${signal}: finishing the generations in flight, then exiting\n`);
+      running.close().then(resolve, resolve);
+    };
+    process.once('SIGINT', () => stop('SIGINT'));
+    process.once('SIGTERM', () => stop('SIGTERM'));
+  });
 }
 
 function parse(args: string[], options: Options): { values: Record<string, unknown> } {

@@ -25,3 +25,6 @@ export { readSafetensors, writeSafetensors, type SafetensorsModel, type Writable
 export { availableBackends } from './backends/index.js';
 export type { Backend, BackendChoice, BackendName, InferenceSession, ModelRuntime, Precision, PrecisionChoice, RuntimeOptions } from './backends/types.js';
 export type { ModelWeights, LayerWeights, Tensor } from './weights.js';
+export { createHandler, SERVE_DEFAULTS, type HandlerOptions, type MicroGPTHandler } from './serve/handler.js';
+export { startServer, SERVER_DEFAULTS, type RunningServer, type ServerOptions } from './serve/server.js';
+export { COMPLETION_DEFAULTS, COMPLETION_LIMITS } from './serve/completions.js';
