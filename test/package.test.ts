@@ -25,7 +25,7 @@ test('npm pack, then install with no compiler on PATH, gives a working native ba
   // 1. A copy of the package (so the build does not touch this checkout's build/), its prebuild.
   const stage = join(work, 'stage');
   mkdirSync(stage);
-  for (const entry of ['package.json', 'README.md', 'CMakeLists.txt', 'native', 'scripts', 'dist', 'models']) {
+  for (const entry of ['package.json', 'README.md', 'CMakeLists.txt', 'native', 'scripts', 'dist', 'models', 'playground']) {
     if (existsSync(join(ROOT, entry))) cpSync(join(ROOT, entry), join(stage, entry), { recursive: true });
   }
   symlinkSync(join(ROOT, 'node_modules'), join(stage, 'node_modules'), 'dir');
@@ -62,6 +62,7 @@ test('npm pack, then install with no compiler on PATH, gives a working native ba
   assert.equal(install.status, 0, `npm install failed:\n${install.stdout}\n${install.stderr}`);
   assert.doesNotMatch(install.stderr, /native engine unavailable/);
   assert.ok(!existsSync(join(project, 'node_modules', 'microgpt', 'build')), 'the install compiled instead of using the prebuild');
+  assert.ok(existsSync(join(project, 'node_modules', 'microgpt', 'playground', 'index.html')), 'the package lacks the playground page');
 
   // 4. Generate through the installed bin on the native backend: nanoGPT's greedy text.
   const e = expected('tiny-bias');
