@@ -295,6 +295,29 @@ describe('serve: every error status over raw HTTP', () => {
     }
   });
 
+  test('GET / and /playground/<file> serve the playground with their types; none without the folder', async () => {
+    const page = await raw(server.url, 'GET', '/');
+    assert.equal(page.status, 200);
+    assert.match(String(page.headers['content-type']), /^text\/html/);
+    const css = await raw(server.url, 'GET', '/playground/style.css');
+    assert.equal(css.status, 200);
+    assert.match(String(css.headers['content-type']), /^text\/css/);
+    const js = await raw(server.url, 'GET', '/playground/app.js');
+    assert.equal(js.status, 200);
+    assert.match(String(js.headers['content-type']), /^text\/javascript/);
+    const bare = createHandler(model, { modelId: 'tiny', playgroundDir: new URL('file:///nonexistent/playground/') });
+    const { createServer } = await import('node:http');
+    const s = createServer(bare);
+    await new Promise<void>((resolve) => s.listen(0, '127.0.0.1', resolve));
+    try {
+      const r = await raw(`http://127.0.0.1:${(s.address() as { port: number }).port}/`, 'GET', '/');
+      assert.equal(r.status, 404);
+      errorOf(r);
+    } finally {
+      await new Promise((resolve) => s.close(resolve));
+    }
+  });
+
   test('405 with Allow', async () => {
     const r = await raw(server.url, 'GET', '/v1/completions', undefined, auth);
     assert.equal(r.status, 405);

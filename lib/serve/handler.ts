@@ -438,6 +438,9 @@ async function readJson(req: IncomingMessage): Promise<unknown> {
   // Express (express.json()) or another framework may have parsed the body already.
   const parsed = (req as { body?: unknown }).body;
   if (parsed !== undefined && typeof parsed === 'object' && parsed !== null && !Buffer.isBuffer(parsed)) return parsed;
+  if (req.readableEnded) {
+    throw new ApiError(400, 'the request body was read before this handler; pass it parsed as req.body', null, 'body_consumed');
+  }
   const limit = COMPLETION_LIMITS.bodyBytes;
   const tooLarge = (): ApiError => new ApiError(413, `the request body is over ${limit} bytes`, null, 'body_too_large');
   const declared = Number(req.headers['content-length']);
