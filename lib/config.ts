@@ -39,7 +39,7 @@ export const CONFIG_LIMITS = {
    * nLayer x nHead x blockSize^2, the attention scores of a full-window pass (twice what its causal
    * half computes). Attention is the one cost that does not grow with the weights, and heads of
    * a handful of channels spend it worst: at this limit a full-window pass of a 2 MB file with
-   * heads of width 1 takes about 5 s on a 2-vCPU Zen 4, gpt2-xl needs a quarter of it.
+   * heads of width 1 took about 5 s on a 2-vCPU Xeon VM (2026-11-30); gpt2-xl needs a quarter of it.
    */
   attentionScores: 2 ** 32,
 } as const;
