@@ -8,6 +8,8 @@
 import { createHash, randomInt, randomUUID, timingSafeEqual } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { basename, dirname, extname } from 'node:path';
+import { describe } from '../config.js';
+import { invalidArgument } from '../errors.js';
 import type { GenerateOptions, GenerationResult, TokenStep } from '../generate.js';
 import type { Model } from '../model.js';
 import { COMPLETION_LIMITS, parseCompletionRequest, type CompletionRequest } from './completions.js';
@@ -60,7 +62,7 @@ const ROUTES: Record<string, string> = {
 export function createHandler(model: Model | Promise<Model>, options: HandlerOptions = {}): MicroGPTHandler {
   const maxConcurrent = positive('maxConcurrent', options.maxConcurrent ?? SERVE_DEFAULTS.maxConcurrent);
   const maxQueue = options.maxQueue ?? SERVE_DEFAULTS.queueFactor * maxConcurrent;
-  if (!Number.isInteger(maxQueue) || maxQueue < 0) throw new TypeError(`maxQueue must be a non-negative integer, got ${String(maxQueue)}`);
+  if (!Number.isInteger(maxQueue) || maxQueue < 0) throw invalidArgument(`maxQueue must be a non-negative integer, got ${describe(maxQueue)}`);
   const log = options.log ?? ((line: string) => process.stderr.write(`microgpt serve: ${line}\n`));
   const playgroundDir = options.playgroundDir === undefined ? PLAYGROUND_DIR : options.playgroundDir;
   const keyDigest = options.apiKey === undefined || options.apiKey === '' ? null : sha256(options.apiKey);
@@ -499,6 +501,6 @@ function sha256(text: string): Buffer {
 }
 
 function positive(name: string, value: number): number {
-  if (!Number.isInteger(value) || value < 1) throw new TypeError(`${name} must be a positive integer, got ${String(value)}`);
+  if (!Number.isInteger(value) || value < 1) throw invalidArgument(`${name} must be a positive integer, got ${describe(value)}`);
   return value;
 }
