@@ -9,7 +9,8 @@
  *   node dist/test/fuzz/run.js --replay test/fixtures/fuzz/zip/1-123.bin
  */
 import { spawn } from 'node:child_process';
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { basename, dirname, join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
@@ -63,7 +64,9 @@ interface Segment {
 /** Runs cases [from, to) of one target in one worker, until they end or the worker dies. */
 function runSegment(target: string, seed: number, from: number, to: number, caseTimeoutMs: number, args: string[] = []): Promise<Segment> {
   return new Promise((resolve) => {
-    const child = spawn(process.execPath, [WORKER, '--target', target, '--seed', String(seed), '--from', String(from), '--to', String(to), ...args], {
+    // The worker's files live in a folder of ours, removed here even when the worker was killed.
+    const scratch = mkdtempSync(join(tmpdir(), 'microgpt-fuzz-'));
+    const child = spawn(process.execPath, [WORKER, '--target', target, '--seed', String(seed), '--from', String(from), '--to', String(to), '--scratch', scratch, ...args], {
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     const segment: Segment = { done: 0, stuck: null, findings: [], slowestMs: 0 };
@@ -100,6 +103,7 @@ function runSegment(target: string, seed: number, from: number, to: number, case
     });
     child.on('close', (code, signal) => {
       clearTimeout(timer);
+      rmSync(scratch, { recursive: true, force: true });
       if (running !== null) {
         const why = hung
           ? `hang: case still running after ${caseTimeoutMs / 1000} s`

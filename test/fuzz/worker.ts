@@ -29,11 +29,12 @@ function peakMB(): number {
 
 async function main(): Promise<void> {
   const { values } = parseArgs({
-    options: { target: { type: 'string' }, seed: { type: 'string' }, from: { type: 'string' }, to: { type: 'string' }, replay: { type: 'string' } },
+    options: { target: { type: 'string' }, seed: { type: 'string' }, from: { type: 'string' }, to: { type: 'string' }, replay: { type: 'string' }, scratch: { type: 'string' } },
   });
   const target = targetNamed(values.target ?? '');
   await prepareTargets();
-  const scratch = makeScratch();
+  // run.ts gives a folder it removes itself; run alone, the worker makes and removes its own.
+  const scratch = values.scratch ?? makeScratch();
   let current = -1;
   // What escapes a case's promise (an error thrown in a callback, a rejection nobody awaits) is a finding too.
   const escaped = (error: unknown) => {
@@ -71,7 +72,7 @@ async function main(): Promise<void> {
       }
     }
   } finally {
-    rmSync(scratch, { recursive: true, force: true });
+    if (values.scratch === undefined) rmSync(scratch, { recursive: true, force: true });
   }
   process.exit(0); // models cached by the api target need no orderly goodbye
 }
