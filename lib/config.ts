@@ -1,4 +1,4 @@
-import { MicroGPTError } from './errors.js';
+import { MicroGPTError, quote } from './errors.js';
 
 /** The hyper-parameters of a nanoGPT model, named as in nanoGPT's GPTConfig but camelCased. */
 export interface ModelConfig {
@@ -148,7 +148,7 @@ export function configFromModelArgs(args: Record<string, unknown>, source: strin
 
 /** A caller's or a file's value as it goes into a one-line message: strings quoted and cut short. */
 export function describe(value: unknown): string {
-  if (typeof value === 'string') return JSON.stringify(value.length > 40 ? `${value.slice(0, 40)}…` : value);
+  if (typeof value === 'string') return quote(value, 40);
   if (typeof value === 'bigint') return `${value}n`;
   if (value === null) return 'null';
   if (Array.isArray(value)) return 'an array';

@@ -47,6 +47,11 @@ export function quote(text: string, max = 80): string {
   return JSON.stringify(text.length > max ? `${text.slice(0, max)}…` : text);
 }
 
+/** An optional `signal` option: an AbortSignal or nothing. */
+export function checkSignal(signal: unknown): asserts signal is AbortSignal | undefined {
+  if (signal !== undefined && !(signal instanceof AbortSignal)) throw invalidArgument('signal must be an AbortSignal');
+}
+
 /** An options argument: undefined is no options; anything but a plain object is an error naming it. */
 export function optionsObject<T extends object>(value: T | undefined, name = 'options'): Partial<T> {
   if (value === undefined) return {};

@@ -3,7 +3,7 @@
  * (and the README's figure for the bundled model) can be checked with the product itself.
  */
 import { describe } from './config.js';
-import { invalidArgument, optionsObject } from './errors.js';
+import { checkSignal, invalidArgument, optionsObject } from './errors.js';
 import { Model } from './model.js';
 
 export interface EvaluateOptions {
@@ -49,7 +49,7 @@ export async function evaluate(model: Model, text: string, options?: EvaluateOpt
   if (!(model instanceof Model)) throw invalidArgument('model must be a Model (from loadModel or createModel)');
   const { split = 'all', byPosition = false, signal, onProgress } = optionsObject(options, 'evaluate options');
   if (typeof byPosition !== 'boolean') throw invalidArgument(`byPosition must be true or false, got ${describe(byPosition)}`);
-  if (signal !== undefined && !(signal instanceof AbortSignal)) throw invalidArgument('signal must be an AbortSignal');
+  checkSignal(signal);
   if (onProgress !== undefined && typeof onProgress !== 'function') throw invalidArgument('onProgress must be a function');
   if (typeof text !== 'string') throw invalidArgument(`text must be a string, got ${typeof text}`);
   if (text.length > MAX_EVAL_CHARACTERS) throw invalidArgument(`text has ${text.length} characters; evaluate reads at most ${MAX_EVAL_CHARACTERS}`);

@@ -13,7 +13,7 @@
 import { randomInt } from 'node:crypto';
 import type { ModelRuntime } from './backends/types.js';
 import { describe } from './config.js';
-import { invalidArgument } from './errors.js';
+import { checkSignal, invalidArgument, optionsObject } from './errors.js';
 import { Rng } from './sampling/rng.js';
 import { Sampler, type SamplerSettings } from './sampling/sample.js';
 import type { CharTokenizer } from './tokenizer.js';
@@ -91,10 +91,7 @@ export interface GenerationPlan {
 }
 
 export function planGeneration(options: GenerateManyOptions | undefined, vocabSize: number, blockSize: number): GenerationPlan {
-  if (options !== undefined && (typeof options !== 'object' || options === null)) {
-    throw invalidArgument('generation options must be an object');
-  }
-  const o = options ?? {};
+  const o = optionsObject(options, 'generation options');
   const maxNewTokens = integerOption('maxNewTokens', o.maxNewTokens, GENERATION_DEFAULTS.maxNewTokens, 0, GENERATION_LIMITS.maxNewTokens);
   const temperature = o.temperature ?? GENERATION_DEFAULTS.temperature;
   if (typeof temperature !== 'number' || !Number.isFinite(temperature) || temperature < 0 || temperature > GENERATION_LIMITS.temperature) {
@@ -116,7 +113,7 @@ export function planGeneration(options: GenerateManyOptions | undefined, vocabSi
   }
   const seed = o.seed === undefined ? randomInt(0, 2 ** 48 - 1) : integerOption('seed', o.seed, 0, 0, Number.MAX_SAFE_INTEGER);
   const stop = stopStrings(o.stop);
-  if (o.signal !== undefined && !(o.signal instanceof AbortSignal)) throw invalidArgument('signal must be an AbortSignal');
+  checkSignal(o.signal);
   const unknownCharacters = o.unknownCharacters ?? 'error';
   if (unknownCharacters !== 'error' && unknownCharacters !== 'drop') {
     throw invalidArgument(`unknownCharacters must be 'error' or 'drop', got ${describe(unknownCharacters)}`);

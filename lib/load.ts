@@ -4,7 +4,7 @@ import { fileURLToPath } from 'node:url';
 import { resolveBackend } from './backends/index.js';
 import { MAX_THREADS, type BackendChoice, type PrecisionChoice, type RuntimeOptions } from './backends/types.js';
 import { describe, validateConfig, type ModelConfig } from './config.js';
-import { MicroGPTError, badCheckpoint, invalidArgument, shownPath } from './errors.js';
+import { MicroGPTError, badCheckpoint, invalidArgument, optionsObject, shownPath } from './errors.js';
 import { readSafetensors } from './formats/safetensors.js';
 import { readMetaPkl, readTorchCheckpoint } from './formats/torch-checkpoint.js';
 import { Model, type ModelSourceInfo } from './model.js';
@@ -156,8 +156,8 @@ export async function createModel(
   return instantiate(checked, assembled, vocab, { path: name, format: 'memory', storedDType: 'F32', metadata: {} }, options);
 }
 
-function checkLoadOptions(options: Omit<LoadOptions, 'meta'>): void {
-  if (typeof options !== 'object' || options === null) throw invalidArgument('load options must be an object');
+function checkLoadOptions(given: Omit<LoadOptions, 'meta'>): void {
+  const options = optionsObject(given, 'load options');
   if (options.threads !== undefined && (!Number.isInteger(options.threads) || options.threads < 1 || options.threads > MAX_THREADS)) {
     throw invalidArgument(`threads must be an integer from 1 to ${MAX_THREADS}, got ${describe(options.threads)}`);
   }

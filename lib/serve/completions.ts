@@ -3,7 +3,7 @@
  * `distribution`), checked and turned into generation options. Every refusal is an ApiError that
  * names the parameter.
  */
-import { GENERATION_LIMITS } from '../generate.js';
+import { GENERATION_LIMITS, checkPrompt } from '../generate.js';
 import { ApiError } from './errors.js';
 
 export const COMPLETION_LIMITS = {
@@ -106,10 +106,7 @@ function promptList(prompt: unknown): string[] {
   }
   for (const p of list) {
     if (typeof p !== 'string') throw new ApiError(400, 'prompt must be a string or an array of strings (token-id arrays are not supported)', 'prompt');
-    if (p.length === 0) throw new ApiError(400, 'prompt is empty: give at least one character to start from (e.g. "\\n")', 'prompt');
-    if (p.length > GENERATION_LIMITS.promptLength) {
-      throw new ApiError(400, `prompt is ${p.length} characters long; the limit is ${GENERATION_LIMITS.promptLength}`, 'prompt');
-    }
+    checkPrompt(p); // the library's own bounds; its MicroGPTError becomes a 400 naming prompt
   }
   return list as string[];
 }
