@@ -1,4 +1,4 @@
-// Buffers of 64 KB or more from the OS (mmap), smaller ones from operator new.
+// Buffers of 64 KB or more from the OS (mmap; VirtualAlloc on Windows), smaller ones from operator new.
 #include "buffer.h"
 
 #include <new>
@@ -14,7 +14,16 @@
 #define MICROGPT_ASAN 1
 #endif
 
-#if (defined(__unix__) || defined(__APPLE__)) && !defined(MICROGPT_ASAN)
+#if defined(_WIN32) && !defined(MICROGPT_ASAN)
+#ifndef NOMINMAX
+#define NOMINMAX
+#endif
+#ifndef WIN32_LEAN_AND_MEAN
+#define WIN32_LEAN_AND_MEAN
+#endif
+#include <windows.h>
+#define MICROGPT_HAVE_VIRTUAL_ALLOC 1
+#elif (defined(__unix__) || defined(__APPLE__)) && !defined(MICROGPT_ASAN)
 #include <sys/mman.h>
 #include <unistd.h>
 #define MICROGPT_HAVE_MMAP 1
@@ -32,6 +41,16 @@ size_t page_size() {
   return size;
 }
 size_t round_up(size_t n, size_t to) { return (n + to - 1) / to * to; }
+#elif defined(MICROGPT_HAVE_VIRTUAL_ALLOC)
+// What VirtualAlloc aligns a reservation to (64 KB on every Windows so far).
+size_t allocation_granularity() {
+  static const size_t size = [] {
+    SYSTEM_INFO info;
+    GetSystemInfo(&info);
+    return static_cast<size_t>(info.dwAllocationGranularity);
+  }();
+  return size;
+}
 #endif
 }  // namespace
 
@@ -51,6 +70,27 @@ void* allocate_buffer(size_t bytes, size_t align) {
     if (start + mapped > end) munmap(reinterpret_cast<void*>(end), start + mapped - end);
     return reinterpret_cast<void*>(aligned);
   }
+#elif defined(MICROGPT_HAVE_VIRTUAL_ALLOC)
+  if (bytes >= kMapBytes) {
+    // A reservation starts at the allocation granularity; for more, reserve `align` extra and
+    // commit only the aligned part (pages are zeroed on first touch, as with mmap). free_buffer
+    // releases the whole reservation.
+    if (align <= allocation_granularity()) {
+      void* p = VirtualAlloc(nullptr, bytes, MEM_RESERVE | MEM_COMMIT, PAGE_READWRITE);
+      if (p == nullptr) throw std::bad_alloc();
+      return p;
+    }
+    if (bytes > SIZE_MAX - align) throw std::bad_alloc();
+    void* base = VirtualAlloc(nullptr, bytes + align, MEM_RESERVE, PAGE_NOACCESS);
+    if (base == nullptr) throw std::bad_alloc();
+    const uintptr_t aligned = (reinterpret_cast<uintptr_t>(base) + align - 1) / align * align;
+    void* p = VirtualAlloc(reinterpret_cast<void*>(aligned), bytes, MEM_COMMIT, PAGE_READWRITE);
+    if (p == nullptr) {
+      VirtualFree(base, 0, MEM_RELEASE);
+      throw std::bad_alloc();
+    }
+    return p;
+  }
 #endif
   return ::operator new[](bytes, std::align_val_t(align));
 }
@@ -61,6 +101,13 @@ void free_buffer(void* p, size_t bytes, size_t align) {
     munmap(p, round_up(bytes, page_size()));
     return;
   }
+#elif defined(MICROGPT_HAVE_VIRTUAL_ALLOC)
+  if (bytes >= kMapBytes) {
+    // The reservation allocate_buffer made: p itself, or below p when it aligned inside one.
+    MEMORY_BASIC_INFORMATION info;
+    if (VirtualQuery(p, &info, sizeof info) != 0) VirtualFree(info.AllocationBase, 0, MEM_RELEASE);
+    return;
+  }
 #endif
   ::operator delete[](p, std::align_val_t(align));
 }
@@ -69,6 +116,8 @@ void advise_huge_pages(void* p, size_t bytes) {
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
   madvise(p, bytes, MADV_HUGEPAGE);  // advice only: without transparent huge pages nothing changes
 #else
+  // Windows has no advice of the kind: its large pages must be allocated as such (MEM_LARGE_PAGES),
+  // which needs a privilege (SeLockMemoryPrivilege) that ordinary users lack.
   (void)p;
   (void)bytes;
 #endif

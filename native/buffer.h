@@ -8,10 +8,10 @@
 namespace microgpt {
 
 // Memory for an AlignedBuffer: `bytes` aligned to `align` (64, or 2 MB for huge pages). Buffers
-// of 64 KB or more come straight from the OS (mmap, where there is one) and go straight back to it
-// when freed. Through malloc, freed weights and caches stayed in its heaps: a test that loads and
-// disposes 50 small models with sessions kept ~50 MB more resident than before, where a user
-// disposing a model expects the memory gone.
+// of 64 KB or more come straight from the OS (mmap, or VirtualAlloc on Windows) and go straight
+// back to it when freed. Through malloc, freed weights and caches stayed in its heaps: a test that
+// loads and disposes 50 small models with sessions kept ~50 MB more resident than before, where a
+// user disposing a model expects the memory gone.
 void* allocate_buffer(size_t bytes, size_t align);
 void free_buffer(void* p, size_t bytes, size_t align);
 
