@@ -8,6 +8,7 @@ import { readFile, stat, writeFile } from 'node:fs/promises';
 import { basename } from 'node:path';
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { availableBackends } from './backends/index.js';
+import { nativeBinary, type NativeBinary } from './backends/native/index.js';
 import type { BackendChoice, BackendName, PrecisionChoice } from './backends/types.js';
 import { benchChartSvg } from './bench/chart.js';
 import { formatBenchReport } from './bench/report.js';
@@ -212,6 +213,7 @@ async function info(args: string[]): Promise<void> {
     vocabularySize: file.vocab.length,
     metadata: file.info.metadata,
     backends: availableBackends(),
+    native: nativeBinary(),
   };
   if (values['json'] === true) {
     process.stdout.write(`${JSON.stringify(description, null, 2)}\n`);
@@ -225,8 +227,16 @@ async function info(args: string[]): Promise<void> {
     `vocabulary  ${JSON.stringify(description.vocabulary)} (${description.vocabularySize} characters)`,
     ...Object.entries(description.metadata).map(([k, v]) => `${k.padEnd(11)} ${v.length > 200 ? `${v.slice(0, 200)}…` : v}`),
     `backends    ${description.backends.map((b) => (b.available ? b.name : `${b.name} (unavailable: ${b.reason})`)).join(', ')}`,
+    `native      ${describeBinary(description.native)}`,
   ];
   process.stdout.write(`${lines.join('\n')}\n`);
+}
+
+/** The native binary in one line: its path and the instruction set it runs, or why there is none. */
+function describeBinary(b: NativeBinary): string {
+  if (b.path === null) return 'no binary (see backends)';
+  if (b.isa === null) return `${b.path} (unusable: see backends)`;
+  return `${b.path} (${b.isa}; runs ${b.supported.join(', ')})`;
 }
 
 async function convert(args: string[]): Promise<void> {

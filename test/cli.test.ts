@@ -1,10 +1,12 @@
 // The microgpt command, run as a user runs it: a separate process, stdout and stderr apart.
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
+import { copyFileSync, mkdirSync } from 'node:fs';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
+import { loadAddon } from '../lib/backends/native/binding.js';
 import { availableBackends, loadModel, readSafetensors } from '../lib/index.js';
 import { ROOT, expected, fixture } from './helpers.js';
 
@@ -144,6 +146,46 @@ describe('microgpt info', () => {
     assert.match(r.stdout, /format\s+safetensors \(F16 weights, computed in float32\)/);
     assert.match(r.stdout, /shape\s+3 layers, 3 heads, 36 wide, block 24, vocab 65, bias false/);
     assert.match(r.stdout, /parameters\s+50,112/);
+  });
+
+  /** info --json's native entry and its text line, run with `env` added. */
+  function nativeInfo(env: Record<string, string>): { native: { path: string | null; isa: string | null; supported: string[] }; line: string } {
+    const options = { encoding: 'utf8' as const, timeout: 60_000, env: { ...process.env, ...env } };
+    const json = spawnSync(process.execPath, [CLI, 'info', '--model', modelDir, '--json'], options);
+    assert.equal(json.status, 0, json.stderr);
+    const text = spawnSync(process.execPath, [CLI, 'info', '--model', modelDir], options);
+    assert.equal(text.status, 0, text.stderr);
+    const line = text.stdout.split('\n').find((l) => l.startsWith('native '));
+    assert.ok(line !== undefined, `no native line in:\n${text.stdout}`);
+    return { native: (JSON.parse(json.stdout) as { native: ReturnType<typeof nativeInfo>['native'] }).native, line };
+  }
+
+  test('names the native binary in use, relative to the package, and its instruction set', () => {
+    const load = loadAddon();
+    assert.ok(load.addon !== null, `the native binary is expected here: ${load.reason}`);
+    const { native, line } = nativeInfo({});
+    // node-gyp-build's pick: an earlier build, or this platform's prebuild.
+    assert.match(native.path ?? '', /^(build\/Release\/microgpt\.node|prebuilds\/[a-z0-9]+-[a-z0-9]+\/microgpt(\.(glibc|musl))?\.node)$/);
+    assert.equal(join(ROOT, native.path!), load.path);
+    assert.equal(native.isa, load.addon.cpu().best);
+    assert.deepEqual(native.supported, load.addon.cpu().supported);
+    assert.equal(line, `native      ${native.path} (${native.isa}; runs ${native.supported.join(', ')})`);
+    // MICROGPT_ISA picks the kernels: info says which.
+    assert.equal(nativeInfo({ MICROGPT_ISA: 'scalar' }).native.isa, 'scalar');
+  });
+
+  test('a prebuild outside the package (MICROGPT_PREBUILD) by its absolute path; none at all', () => {
+    const load = loadAddon();
+    assert.ok(load.path !== null, `the native binary is expected here: ${load.reason}`);
+    const prebuild = join(dir, 'elsewhere', 'prebuilds', `${process.platform}-${process.arch}`, 'microgpt.node');
+    mkdirSync(dirname(prebuild), { recursive: true });
+    copyFileSync(load.path, prebuild);
+    const elsewhere = nativeInfo({ MICROGPT_PREBUILD: join(dir, 'elsewhere'), PREBUILDS_ONLY: '1' });
+    assert.equal(elsewhere.native.path, prebuild);
+    assert.equal(elsewhere.native.isa, load.addon?.cpu().best);
+    const none = nativeInfo({ MICROGPT_PREBUILD: join(dir, 'nothing-here'), PREBUILDS_ONLY: '1' });
+    assert.deepEqual(none.native, { path: null, isa: null, supported: [] });
+    assert.equal(none.line, 'native      no binary (see backends)');
   });
 });
 

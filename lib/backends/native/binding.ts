@@ -193,10 +193,14 @@ export interface Addon {
   readonly testing: AddonTesting;
 }
 
-export type AddonLoad = { addon: Addon; reason: null } | { addon: null; reason: string };
+/**
+ * `path`: the binary node-gyp-build picked (absolute), the one that loaded or failed to; null when
+ * it found none.
+ */
+export type AddonLoad = { addon: Addon; reason: null; path: string } | { addon: null; reason: string; path: string | null };
 
 /** The package root: the nearest folder above this file holding package.json. */
-function packageRoot(): string {
+export function packageRoot(): string {
   let dir = dirname(fileURLToPath(import.meta.url));
   while (!existsSync(join(dir, 'package.json'))) {
     const up = dirname(dir);
@@ -218,42 +222,48 @@ function tryLoad(): AddonLoad {
   const root = packageRoot();
   const require = createRequire(import.meta.url);
   let addon: Addon;
+  let path: string | null = null;
   try {
-    const nodeGypBuild = require('node-gyp-build') as (dir: string) => unknown;
-    addon = nodeGypBuild(root) as Addon;
+    // What node-gyp-build(root) does, in two steps, to know which file it took.
+    const nodeGypBuild = require('node-gyp-build') as { resolve(dir: string): string };
+    path = nodeGypBuild.resolve(root);
+    addon = require(path) as Addon;
   } catch (error) {
     const message = error instanceof Error ? error.message : String(error);
     if (message.includes('No native build was found')) {
       return {
         addon: null,
+        path: null,
         reason:
           `no native binary for ${process.platform}-${process.arch} in prebuilds/ or build/Release/; ` +
           'build it with `npm run build:native` (needs CMake and a C++17 compiler)',
       };
     }
     if (message.includes("Cannot find module 'node-gyp-build'")) {
-      return { addon: null, reason: 'the node-gyp-build package is missing; reinstall microgpt' };
+      return { addon: null, path: null, reason: 'the node-gyp-build package is missing; reinstall microgpt' };
     }
     return {
       addon: null,
+      path,
       reason: `the native binary failed to load (${message.split('\n')[0]}); rebuild it with \`npm run build:native\``,
     };
   }
   if (typeof addon?.Model !== 'function' || typeof addon.selfCheck !== 'function') {
-    return { addon: null, reason: 'the native binary is not microgpt\'s (unexpected exports); rebuild it with `npm run build:native`' };
+    return { addon: null, path, reason: 'the native binary is not microgpt\'s (unexpected exports); rebuild it with `npm run build:native`' };
   }
   const problem = addon.selfCheck();
   if (problem !== null) {
-    return { addon: null, reason: `the native engine failed its self-check: ${problem}; please report this with your CPU model` };
+    return { addon: null, path, reason: `the native engine failed its self-check: ${problem}; please report this with your CPU model` };
   }
   const forced = process.env['MICROGPT_ISA'];
   if (forced !== undefined && forced !== '' && !addon.cpu().supported.includes(forced as AddonIsa)) {
     return {
       addon: null,
+      path,
       reason: `MICROGPT_ISA=${forced} is not an instruction set this CPU and build run (supported: ${addon.cpu().supported.join(', ')}); unset it or pick one of those`,
     };
   }
-  return { addon, reason: null };
+  return { addon, reason: null, path };
 }
 
 /** The instruction set MICROGPT_ISA forces, if any (checked by loadAddon). */

@@ -4,11 +4,12 @@
  * the engine interface of types.ts and turns its errors into MicroGPTErrors.
  */
 import { availableParallelism } from 'node:os';
+import { isAbsolute, relative, sep } from 'node:path';
 import type { ModelConfig } from '../../config.js';
 import { MicroGPTError, beyondFloat16, type MicroGPTErrorCode } from '../../errors.js';
 import { matricesBeyondFloat16, namedTensors, type ModelWeights } from '../../weights.js';
 import type { Backend, InferenceSession, ModelRuntime, Precision, RuntimeOptions } from '../types.js';
-import { forcedIsa, loadAddon, type AddonBatchStats, type AddonIsa, type AddonModel, type AddonSession, type AddonTensor } from './binding.js';
+import { forcedIsa, loadAddon, packageRoot, type AddonBatchStats, type AddonIsa, type AddonModel, type AddonSession, type AddonTensor } from './binding.js';
 
 export interface NativeRuntimeOptions extends RuntimeOptions {
   /** Forces an instruction set (tests, benchmarks); default MICROGPT_ISA, else the fastest. */
@@ -18,6 +19,32 @@ export interface NativeRuntimeOptions extends RuntimeOptions {
 /** Why the native engine cannot run in this process, or null when it can. */
 export function nativeUnavailableReason(): string | null {
   return loadAddon().reason;
+}
+
+/** The native binary of this process, as `microgpt info` reports it. */
+export interface NativeBinary {
+  /**
+   * The file node-gyp-build picked, relative to the package when inside it ('/'-separated):
+   * build/Release/microgpt.node, or prebuilds/<platform>-<arch>/microgpt[.<libc>].node; absolute
+   * elsewhere (MICROGPT_PREBUILD); null when there is none.
+   */
+  readonly path: string | null;
+  /** The instruction set its kernels run (MICROGPT_ISA's, else the fastest); null when it is unusable. */
+  readonly isa: AddonIsa | null;
+  /** Every instruction set it runs on this CPU; empty when it is unusable. */
+  readonly supported: AddonIsa[];
+}
+
+export function nativeBinary(): NativeBinary {
+  const { addon, path } = loadAddon();
+  let shown: string | null = null;
+  if (path !== null) {
+    const inside = relative(packageRoot(), path);
+    shown = inside === '..' || inside.startsWith(`..${sep}`) || isAbsolute(inside) ? path : inside.split(sep).join('/');
+  }
+  if (addon === null) return { path: shown, isa: null, supported: [] };
+  const cpu = addon.cpu();
+  return { path: shown, isa: forcedIsa() ?? cpu.best, supported: cpu.supported };
 }
 
 export const nativeBackend: Backend & {
