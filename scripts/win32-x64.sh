@@ -8,7 +8,8 @@
 #     reference), parity with the PyTorch fixtures, batching and the bundled model's greedy text,
 #     run by a Windows node.exe under wine. node-gyp-build takes the Windows binary from
 #     build-win/addon/ because MICROGPT_PREBUILD points there (it honours <PACKAGE NAME>_PREBUILD),
-#     as scripts/sanitize.sh does for its build.
+#     as scripts/sanitize.sh does for its build. Then `microgpt info` under wine, with nothing
+#     but prebuilds/ (PREBUILDS_ONLY), must name prebuilds/win32-x64/microgpt.node.
 #
 # scripts/install-win-deps.sh installs what it needs; without it this skips (exit 0, one line).
 # Needs dist/ (npm run build); builds with -j2 at most.
@@ -86,6 +87,17 @@ if [[ $want != build ]]; then
   tail -n +1 -f --pid="$pid" "$log"
   status=0
   wait "$pid" || status=$?
+  if ((status == 0)); then
+    # What an installed package does on Windows: node-gyp-build, left to itself (no build/),
+    # takes prebuilds/win32-x64/, and microgpt info names it.
+    PREBUILDS_ONLY=1 "$wine" "$node_dir/node.exe" dist/lib/cli.js info </dev/null >build-win/info.txt 2>&1 || status=$?
+    line=$(tr -d '\r' <build-win/info.txt | grep '^native ' || true)
+    if [[ $line != "native      prebuilds/win32-x64/microgpt.node ("* ]]; then
+      echo "win32-x64: microgpt info under wine does not name prebuilds/win32-x64/microgpt.node:" >&2
+      cat build-win/info.txt >&2
+      status=1
+    fi
+  fi
   # The prefix's wineserver lingers a few seconds after its last program: end it now, so that
   # nothing of this stage outlives it.
   "$wineserver" -k 2>/dev/null || true
@@ -93,5 +105,5 @@ if [[ $want != build ]]; then
     echo "win32-x64: the native tests failed under wine (exit $status)" >&2
     exit 1
   fi
-  stage "the native tests passed under wine"
+  stage "the native tests passed under wine; microgpt info there: ${line#native      }"
 fi
