@@ -6,7 +6,7 @@
 #     static: it needs nothing but node.exe), stripped into prebuilds/win32-x64/microgpt.node;
 #  2. test: the native test files that cover the kernels (each instruction set against the scalar
 #     reference), parity with the PyTorch fixtures, batching and the bundled model's greedy text,
-#     run by a Windows node.exe under wine. node-gyp-build takes the Windows binary from
+#     and the install script's choice of binary, run by a Windows node.exe under wine. node-gyp-build takes the Windows binary from
 #     build-win/addon/ because MICROGPT_PREBUILD points there (it honours <PACKAGE NAME>_PREBUILD),
 #     as scripts/sanitize.sh does for its build. Then `microgpt info` under wine, with nothing
 #     but prebuilds/ (PREBUILDS_ONLY), must name prebuilds/win32-x64/microgpt.node.
@@ -40,7 +40,7 @@ fi
 # The tests this stage runs, and those it leaves out (scripts/sanitize-skip.mjs reports them as
 # skipped): the validation-split eval of the bundled model is 20 s of the same kernels the other
 # tests check.
-TEST_FILES=(native-kernels native-model native-batch default-model)
+TEST_FILES=(native-kernels native-model native-batch default-model install-selection)
 SKIP_TESTS="eval's loss on the validation split"
 
 if [[ $want != test ]]; then

@@ -5,7 +5,7 @@
 // and a stubbed build, and the script itself as npm runs it, with the real binary.
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { tmpdir } from 'node:os';
 import { basename, dirname, join, relative, sep } from 'node:path';
@@ -13,6 +13,11 @@ import { pathToFileURL } from 'node:url';
 import { after, describe, test } from 'node:test';
 import { loadAddon } from '../lib/backends/native/binding.js';
 import { ROOT } from './helpers.js';
+
+// The package's own binary, found as the package finds it (before the variables that steer
+// node-gyp-build are cleared below); null when it does not load.
+const ownLoad = loadAddon();
+const REAL = ownLoad.addon !== null ? ownLoad.path : null;
 
 // What steers node-gyp-build besides the files: each case below sets its own.
 const STEERING = ['MICROGPT_PREBUILD', 'PREBUILDS_ONLY', 'npm_config_platform', 'npm_config_arch', 'LIBC'];
@@ -192,8 +197,8 @@ describe('the install script decides: prebuild, build from source, or js', () =>
 });
 
 describe('scripts/install.mjs as npm runs it, with the real binary', () => {
-  const real = loadAddon().path;
-  const skip = real === null ? `no native binary here (${loadAddon().reason})` : false;
+  const real = REAL;
+  const skip = real === null ? `no native binary here (${ownLoad.reason})` : false;
 
   /**
    * A copy of the package's install script in a fake package, with a stub build-native.mjs that
@@ -204,12 +209,13 @@ describe('scripts/install.mjs as npm runs it, with the real binary', () => {
       import { copyFileSync, mkdirSync, writeFileSync } from 'node:fs';
       writeFileSync('build-ran', '');
       ${buildError === null
-        ? `mkdirSync('build/Release', { recursive: true }); copyFileSync(${JSON.stringify(real)}, 'build/Release/microgpt.node');`
+        ? `mkdirSync('build/Release', { recursive: true }); copyFileSync('built.node', 'build/Release/microgpt.node');`
         : `console.error(${JSON.stringify(`microgpt: ${buildError}`)}); process.exit(1);`}`;
-    const root = fakePackage({ ...files, 'scripts/build-native.mjs': stub });
+    // What the stub build "makes": a copy of the real binary that no process has loaded.
+    const root = fakePackage({ ...files, 'scripts/build-native.mjs': stub, 'built.node': readFileSync(real!) });
     copyFileSync(join(ROOT, 'scripts', 'install.mjs'), join(root, 'scripts', 'install.mjs'));
-    symlinkSync(join(ROOT, 'node_modules'), join(root, 'node_modules'), 'dir');
-    const env: NodeJS.ProcessEnv = { ...process.env };
+    // The script finds node-gyp-build through NODE_PATH, as it would in its node_modules.
+    const env: NodeJS.ProcessEnv = { ...process.env, NODE_PATH: join(ROOT, 'node_modules') };
     for (const name of STEERING) delete env[name];
     const r = spawnSync(process.execPath, ['scripts/install.mjs'], { cwd: root, encoding: 'utf8', env, timeout: 60_000 });
     return { status: r.status, stderr: r.stderr, built: existsSync(join(root, 'build-ran')) };
