@@ -5,6 +5,7 @@
 #include <initializer_list>
 #include <vector>
 
+#include "compute_budget.h"
 #include "kernels.h"
 #include "transformer.h"
 #include "thread_pool.h"
@@ -101,6 +102,19 @@ Napi::Object config_limits(Napi::Env env) {
   return o;
 }
 
+// computeBudget(): the process's compute budget now (compute_budget.h), shared by the models of
+// every environment (worker threads included).
+Napi::Value compute_budget(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const ComputeBudget::Snapshot s = ComputeBudget::process().snapshot();
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("capacity", Napi::Number::New(env, s.capacity));
+  o.Set("inUse", Napi::Number::New(env, s.in_use));
+  o.Set("peak", Napi::Number::New(env, s.peak));
+  o.Set("models", Napi::Number::New(env, s.members));
+  return o;
+}
+
 class Addon : public Napi::Addon<Addon> {
  public:
   Addon(Napi::Env env, Napi::Object exports) {
@@ -126,6 +140,7 @@ class Addon : public Napi::Addon<Addon> {
     exports.Set("napiVersion", Napi::Number::New(env, NAPI_VERSION));
     exports.Set("configLimits", config_limits(env));
     exports.Set("maxThreads", Napi::Number::New(env, ThreadPool::kMaxThreads));
+    exports.Set("computeBudget", Napi::Function::New(env, compute_budget, "computeBudget"));
   }
   AddonData data_;
 };

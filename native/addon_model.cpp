@@ -403,6 +403,8 @@ class AddonModel : public Napi::ObjectWrap<AddonModel> {
     o.Set("largestBatch", Napi::Number::New(env, static_cast<double>(s.largest_batch)));
     o.Set("busySeconds", Napi::Number::New(env, s.busy_seconds));
     o.Set("cachesAllocated", Napi::Number::New(env, static_cast<double>(s.caches_allocated)));
+    o.Set("sharedPasses", Napi::Number::New(env, static_cast<double>(s.shared_passes)));
+    o.Set("widestLease", Napi::Number::New(env, static_cast<double>(s.widest_lease)));
     return o;
   }
 

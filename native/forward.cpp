@@ -21,6 +21,11 @@ RunState make_run_state(const Config& c, int threads, int max_rows, int max_batc
   return s;
 }
 
+int pass_width(const Config& config, const ThreadPool& pool, int rows) {
+  const double C = config.n_embd;
+  return threads_for(pool, 4.0 * rows * C * C, panel_count(4 * config.n_embd));
+}
+
 // Rows of all requests stacked: each layer's matmuls stream the weights once for all of them.
 // Bit-identical to running each request alone: LayerNorm and the matmuls compute every row on its
 // own (each output one FMA chain over k in order, whatever the tile: the GEMM micro-kernel for
@@ -31,7 +36,7 @@ void forward(const Config& config, const Kernels& k, const Weights& w, ThreadPoo
   const int C = config.n_embd, B = config.block_size, V = config.vocab_size;
   // The workers the pass's widest split (its largest matmul) uses spin between the pass's ~50
   // splits instead of sleeping; the rest of the pool sleeps through it.
-  ThreadPool::Busy busy(pool, threads_for(pool, 4.0 * rows * C * C, panel_count(4 * C)));
+  ThreadPool::Busy busy(pool, pass_width(config, pool, rows));
   float* x = s.x.data();
   float* xn = s.xn.data();
   float* qkv = s.qkv.data();

@@ -26,7 +26,7 @@ double min_work_per_thread(const ThreadPool& pool) {
 
 int threads_for(const ThreadPool& pool, double work, int max_split) {
   const int by_work = static_cast<int>(work / min_work_per_thread(pool));
-  return std::max(1, std::min({pool.size(), by_work, max_split}));
+  return std::max(1, std::min({pool.width(), by_work, max_split}));
 }
 
 namespace {

@@ -31,6 +31,9 @@ constexpr auto kIdleSpin = std::chrono::microseconds(250);
 // gives its core back.
 constexpr auto kBusySpin = std::chrono::microseconds(300);
 
+// Idle workers of a pool whose model shares the cores with others do not linger (set_linger).
+constexpr auto kNoSpin = std::chrono::microseconds(0);
+
 constexpr auto kYieldAfter = std::chrono::microseconds(50);
 
 constexpr uint64_t kThreadsMask = 0xffff;
@@ -45,7 +48,7 @@ bool ThreadPool::spin_until(const Done& done, bool busy) const {
     MICROGPT_CPU_RELAX();
     if ((i & 63) == 63) {
       const auto spun = std::chrono::steady_clock::now() - started;
-      if (spun > (busy ? kBusySpin : kIdleSpin)) return done();
+      if (spun > (busy ? kBusySpin : linger_.load(std::memory_order_relaxed) ? kIdleSpin : kNoSpin)) return done();
       // Waiting this long, the thread we wait for may be waiting for this very core (more
       // threads than cores): let it run. Not sooner: a yield hands the core to any ready thread
       // (in Node: V8's helpers) for a whole time slice, which made every pass twice as slow.
@@ -57,7 +60,7 @@ bool ThreadPool::spin_until(const Done& done, bool busy) const {
 static_assert(ThreadPool::kMaxThreads <= static_cast<int>(kThreadsMask), "a run's thread count fits its field");
 
 ThreadPool::ThreadPool(int n_threads)
-    : n_threads_(std::max(1, std::min(n_threads, kMaxThreads))), sleepers_(new Sleeper[n_threads_]) {
+    : n_threads_(std::max(1, std::min(n_threads, kMaxThreads))), width_(n_threads_), sleepers_(new Sleeper[n_threads_]) {
   workers_.reserve(n_threads_ - 1);
   // A worker that started uses this object's members: stop and join it before they go, or an
   // unwinding constructor would destroy joinable threads (std::terminate) and free what they use.

@@ -10,6 +10,7 @@
 // gap, yielding their core, then sleep: a pass pays at most one wake-up, not one per layer.
 #pragma once
 
+#include <algorithm>
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
@@ -36,6 +37,16 @@ class ThreadPool {
   ThreadPool& operator=(const ThreadPool&) = delete;
 
   int size() const { return n_threads_; }
+
+  // How many threads run() may use for now, 1..size(): the current pass's lease from the
+  // process's compute budget (compute_budget.h). Set between passes, by the thread that calls
+  // run(); run() never uses more.
+  int width() const { return width_; }
+  void set_width(int width) { width_ = std::max(1, std::min(width, n_threads_)); }
+
+  // Whether idle workers linger after a pass (spin about kIdleSpin for the next one) or go to
+  // sleep at once: they sleep while other models share the cores (compute_budget.h).
+  void set_linger(bool linger) { linger_.store(linger, std::memory_order_relaxed); }
 
   // Seconds one empty run() over every thread takes inside a Busy scope (the median of a few
   // dozen), the lowest of the measurements so far: what a split costs on this machine when the
@@ -69,7 +80,7 @@ class ThreadPool {
     const bool active_;
   };
 
-  // Calls fn(i) for i in [0, n), n <= size(), each on its own thread (i = 0 on the caller), and
+  // Calls fn(i) for i in [0, n), n <= width(), each on its own thread (i = 0 on the caller), and
   // returns when all are done. Not reentrant: one run() at a time (callers serialise).
   template <typename Fn>
   void run(int n, const Fn& fn) {
@@ -93,6 +104,8 @@ class ThreadPool {
   bool spin_until(const Done& done, bool busy) const;
 
   const int n_threads_;
+  int width_;
+  std::atomic<bool> linger_{true};
   std::vector<std::thread> workers_;
 
   // A run is published by bumping `run_`, which holds (run number << 16) | threads taking part.

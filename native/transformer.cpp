@@ -8,11 +8,13 @@
 
 namespace microgpt {
 
-Transformer::Transformer(const Config& config, const std::vector<const float*>& tensors, Isa isa, int threads, Precision precision)
+Transformer::Transformer(const Config& config, const std::vector<const float*>& tensors, Isa isa, int threads,
+                         Precision precision, ComputeBudget& budget)
     : config_(config),
       kernels_(&kernels_for(isa)),
       w_(pack_weights(config, tensors, precision)),
       pool_(threads),
+      budget_(budget, pool_.size()),
       max_rows_(config.block_size + kMaxBatch),
       cache_pool_(std::make_shared<KVCachePool>(kv_cache_bytes(config))) {
   s_ = make_run_state(config, pool_.size(), max_rows_, kMaxBatch);
@@ -50,11 +52,22 @@ void Transformer::run(ForwardRequest* const* requests, int n) {
     }
     ForwardRequest* const* batch = requests + first;
     first += count;
+    // The pass's threads: its widest split, as far as the process's budget grants them; its
+    // splits use no more (threads_for reads the pool's width).
+    pool_.set_width(pool_.size());
+    const ComputeBudget::Lease lease(budget_, pass_width(config_, pool_, rows));
+    pool_.set_width(lease.width());
+    pool_.set_linger(!lease.shared());
     // The split rule rests on the pool's barrier, measured when the model was made. Measure it
     // again at passes 1, 2, 4, 8, ...: if a busy moment spoiled the first measurement, an early
     // pass corrects it; later ones cost nothing that shows (16 empty splits, rarer and rarer).
+    // Only on a pass granted the whole pool: the measurement runs every thread.
     const uint64_t number = passes_;
-    if ((number & (number - 1)) == 0 && number > 0) pool_.calibrate(16);
+    if ((number & (number - 1)) == 0 && number > 0) calibration_due_ = true;
+    if (calibration_due_ && lease.width() == pool_.size()) {
+      pool_.calibrate(16);
+      calibration_due_ = false;
+    }
     std::string error;
     const auto started = std::chrono::steady_clock::now();
     try {
@@ -73,6 +86,8 @@ void Transformer::run(ForwardRequest* const* requests, int n) {
       if (batch[i]->T == 1) stats_.decode_rows++;
     }
     stats_.passes++;
+    if (lease.shared()) stats_.shared_passes++;
+    stats_.widest_lease = std::max<uint64_t>(stats_.widest_lease, lease.width());
     stats_.requests += count;
     stats_.largest_batch = std::max<uint64_t>(stats_.largest_batch, count);
   }

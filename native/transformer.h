@@ -11,6 +11,7 @@
 #include <mutex>
 #include <vector>
 
+#include "compute_budget.h"
 #include "config.h"
 #include "forward.h"
 #include "kernels.h"
@@ -27,6 +28,8 @@ struct BatchStats {
   uint64_t decode_rows = 0;    // of which single-token steps (T = 1)
   uint64_t largest_batch = 0;  // most requests in one pass
   double busy_seconds = 0;     // time spent in passes (wall clock)
+  uint64_t shared_passes = 0;  // passes run while another model was active (a share of the budget)
+  uint64_t widest_lease = 0;   // the most threads a pass was granted
   uint64_t caches_allocated = 0;  // KV caches made (the others were reused from the pool)
 };
 
@@ -35,8 +38,9 @@ class Transformer {
   // `tensors`: one pointer per tensor_layout(config) entry, in its order, each to that tensor's
   // size() floats; copied and packed here.
   // Throws std::invalid_argument when Precision::f16 is asked of weights beyond float16's range.
+  // `threads`: the most a pass uses; passes lease theirs from `budget` (compute_budget.h).
   Transformer(const Config& config, const std::vector<const float*>& tensors, Isa isa, int threads,
-        Precision precision = Precision::f32);
+              Precision precision = Precision::f32, ComputeBudget& budget = ComputeBudget::process());
 
   ~Transformer();
   Transformer(const Transformer&) = delete;
@@ -77,11 +81,13 @@ class Transformer {
   const Kernels* kernels_;
   Weights w_;
   ThreadPool pool_;
+  ComputeBudget::Member budget_;  // each pass leases its threads from the process's budget
   RunState s_;
   int max_rows_;  // R: rows the RunState holds
 
   std::mutex run_mutex_;    // held by run(): one caller at a time owns pool_ and s_
   uint64_t passes_ = 0;     // passes run (under run_mutex_)
+  bool calibration_due_ = false;  // the barrier is to be measured again at the next full-width pass
   std::mutex stats_mutex_;  // guards stats_, which stats() reads during a pass
   BatchStats stats_;
   std::atomic<uint64_t> caches_allocated_{0};

@@ -31,6 +31,7 @@
 #include <thread>
 #include <vector>
 
+#include "compute_budget.h"
 #include "cpu.h"
 #include "transformer.h"
 #include "thread_pool.h"
@@ -51,6 +52,53 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 using Logits = std::vector<float>;
+
+// ---- the compute budget ----------------------------------------------------------------------
+
+// Members of 1..4 threads leasing from one budget on 6 threads at once, with random wants and
+// random pass lengths: the threads leased at once never exceed the budget (the largest member's
+// threads), every lease is within its member's threads and its want, and while others are active
+// a lease is within the fair share.
+void test_compute_budget() {
+  ComputeBudget budget;
+  constexpr int kMembers = 6, kLeases = 400;
+  std::atomic<int> leased{0}, most{0}, shared{0};
+  std::vector<std::thread> threads;
+  for (int m = 0; m < kMembers; m++) {
+    threads.emplace_back([&, m] {
+      const int mine = 1 + m % 4;
+      ComputeBudget::Member member(budget, mine);
+      uint32_t state = 77u + static_cast<uint32_t>(m);
+      for (int i = 0; i < kLeases; i++) {
+        state = state * 1664525u + 1013904223u;
+        const int wanted = 1 + static_cast<int>(state >> 28) % 4;
+        ComputeBudget::Lease lease(member, wanted);
+        CHECK(lease.width() >= 1 && lease.width() <= std::min(wanted, mine), "lease of %d for want %d, threads %d",
+              lease.width(), wanted, mine);
+        if (lease.shared()) shared++;
+        const int now = leased.fetch_add(lease.width()) + lease.width();
+        int seen = most.load();
+        while (now > seen && !most.compare_exchange_weak(seen, now)) {
+        }
+        CHECK(now <= 4, "%d threads leased at once, budget 4", now);
+        if ((state >> 20) % 4 == 0) std::this_thread::sleep_for(std::chrono::microseconds(50));
+        leased.fetch_sub(lease.width());
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  const ComputeBudget::Snapshot s = budget.snapshot();
+  CHECK(s.in_use == 0 && s.members == 0 && s.peak <= 4 && s.peak == most.load(), "budget after: in use %d, members %d, peak %d (seen %d)",
+        s.in_use, s.members, s.peak, most.load());
+  CHECK(shared.load() > 0, "no lease was shared among %d members", kMembers);
+  // Alone, a member gets what it wants.
+  {
+    ComputeBudget::Member alone(budget, 3);
+    ComputeBudget::Lease lease(alone, 3);
+    CHECK(lease.width() == 3 && !lease.shared(), "alone: %d threads, shared %d", lease.width(), lease.shared());
+  }
+  std::printf("compute budget: ok (peak %d of 4)\n", s.peak);
+}
 
 // ---- the thread pool --------------------------------------------------------------------------
 
@@ -453,6 +501,9 @@ void test_models(Isa isa) {
   for (auto& t : models) t.join();
   stop = true;
   churner.join();
+  // The models shared the process's budget: never more than the widest model's 3 threads at once.
+  const ComputeBudget::Snapshot budget = ComputeBudget::process().snapshot();
+  CHECK(budget.peak <= 3 && budget.members == 0, "process budget: peak %d, %d members left", budget.peak, budget.members);
   std::printf("models (%s): ok in %.1f s\n", isa_name(isa),
               std::chrono::duration<double>(Clock::now() - started).count());
 }
@@ -476,6 +527,7 @@ int main(int argc, char** argv) {
       if (isa_supported(isa)) isas.push_back(isa);
     }
   }
+  test_compute_budget();
   test_thread_pool();
   for (Isa isa : isas) test_models(isa);
   std::printf("engine_stress: ok\n");

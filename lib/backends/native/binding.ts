@@ -81,6 +81,22 @@ export interface AddonBatchStats {
   readonly busySeconds: number;
   /** KV caches allocated; a session or forward pass otherwise reuses one a finished session freed. */
   readonly cachesAllocated: number;
+  /** Passes run while another model of the process was active, on a share of the compute budget. */
+  readonly sharedPasses: number;
+  /** The most threads the compute budget granted one pass. */
+  readonly widestLease: number;
+}
+
+/** The process's compute budget (native/compute_budget.h), shared by all native models. */
+export interface AddonComputeBudget {
+  /** Threads all models together compute on at most: the largest `threads` of the live models. */
+  readonly capacity: number;
+  /** Threads leased by passes running now. */
+  readonly inUse: number;
+  /** The most leased at once since the process started. */
+  readonly peak: number;
+  /** Live native models (every environment's). */
+  readonly models: number;
 }
 
 export interface AddonSession {
@@ -186,6 +202,8 @@ export interface Addon {
   tensorLayout(config: AddonConfig): AddonTensorSpec[];
   /** The most compute threads a model takes (native/thread_pool.h, ThreadPool::kMaxThreads). */
   readonly maxThreads: number;
+  /** The process's compute budget now: shared by every native model of the process. */
+  computeBudget(): AddonComputeBudget;
   /** What the CPU probe found: the fastest instruction set and all that run here. */
   cpu(): { best: AddonIsa; supported: AddonIsa[] };
   /** null when every supported instruction set agrees with the scalar reference, else why not. */
