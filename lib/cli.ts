@@ -44,7 +44,7 @@ Commands:
             /metrics (Prometheus) and the playground at /. --api-key (or MICROGPT_API_KEY)
             requires Authorization: Bearer KEY on /v1/. SIGINT/SIGTERM: stop accepting, let
             generations finish (10 s), exit 0.
-  bench     [--shape char-10M|gpt2-124M]... [--backend B]... [--runs N] [--threads N] [--json]
+  bench     [--shape default|char-10M|gpt2-124M]... [--backend B]... [--runs N] [--threads N] [--json]
             [--chart FILE.svg]
             Tokens/s of decode and prefill, GEMM GFLOP/s, per engine, random weights.
   eval      [--model PATH] [--meta meta.pkl] --data FILE [--split all|val] [--backend B]

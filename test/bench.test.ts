@@ -3,8 +3,8 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { benchChartSvg } from '../lib/bench/chart.js';
 import { formatBenchReport } from '../lib/bench/report.js';
-import { median, type BenchReport, type Figure } from '../lib/bench/run.js';
-import { BENCH_SHAPES, randomWeights, syntheticVocab } from '../lib/bench/shapes.js';
+import { longGenerationTokens, median, runBench, type BenchReport, type Figure } from '../lib/bench/run.js';
+import { BENCH_SHAPE_NAMES, BENCH_SHAPES, randomWeights, syntheticVocab } from '../lib/bench/shapes.js';
 import { createModel, parameterCount } from '../lib/index.js';
 
 test('the bench shapes are the ones the issue names', () => {
@@ -27,6 +27,13 @@ test('random weights and a synthetic vocabulary make a model that generates', as
   await assert.rejects(createModel({ ...config, nHead: 3 }, weights, vocab), /nEmbd \(16\) must be a multiple of nHead \(3\)/);
 });
 
+test('the bundled model is a bench shape, and an unknown shape is refused by name', async () => {
+  assert.deepEqual(BENCH_SHAPE_NAMES, ['default', 'char-10M', 'gpt2-124M']);
+  await assert.rejects(runBench({ shapes: ['gpt3'] }), /unknown shape "gpt3" \(shapes: default, char-10M, gpt2-124M\)/);
+  assert.equal(longGenerationTokens(BENCH_SHAPES['char-10M']!), 3000);
+  assert.equal(longGenerationTokens(BENCH_SHAPES['gpt2-124M']!), 2048);
+});
+
 test('median of odd and even counts', () => {
   assert.equal(median([3, 1, 2]), 2);
   assert.equal(median([4, 1, 3, 2]), 2.5);
@@ -47,12 +54,23 @@ test('the table and the chart show every figure of every engine', () => {
         config: BENCH_SHAPES['char-10M']!,
         parameters: 1,
         weightBytes: 4,
+        weights: 'random',
         engines: {
           native: { decodeBatch1: f(1500), decodeBatch8: f(4200), prefillBatch1: f(7100), prefillBatch8: f(8600) },
           js: { decodeBatch1: f(50), decodeBatch8: f(51), prefillBatch1: f(49, '32-token window'), prefillBatch8: f(45) },
         },
         bandwidth: { readGBs: f(60), decodeFraction: { native: 0.1 } },
         nativeF16: { decodeBatch1: f(3000), weightBytes: 20e6 },
+      },
+      {
+        shape: 'default',
+        config: { vocabSize: 65, blockSize: 256, nLayer: 6, nHead: 4, nEmbd: 256, bias: true },
+        parameters: 1,
+        weightBytes: 9.6e6,
+        weights: 'bundled',
+        engines: { native: { decodeBatch1: f(3300), decodeBatch8: f(9000), prefillBatch1: f(20000), prefillBatch8: f(21000) } },
+        bandwidth: { readGBs: f(96), decodeFraction: { native: 0.33 } },
+        longGeneration: { tokens: 3000, keep: 128, shift: f(2640), slide: f(120), shiftFraction: 0.8, shiftOverSlide: 22 },
       },
     ],
     gemm: [{ label: '1024³', M: 1024, N: 1024, K: 1024, engines: { native: f(221), js: f(1.1) }, peakFraction: 221 / 233 }],
@@ -66,8 +84,13 @@ test('the table and the chart show every figure of every engine', () => {
   assert.match(table, /\| 1024³ \(1024×1024×1024\) \| 221 \| 1\.1 \| 95 % \|/);
   // float16: 3000 tokens/s is 2x the fp32 1500, and 20 MB x 3000/s = 60 GB/s, all of the 60 read.
   assert.match(table, /- char-10M: 3,000 tokens\/s, 2\.00× the fp32 figure, 100\.0 % of the read bandwidth for its 20 MB/);
+  // The bundled model: its float16 bytes, and the long generation under both policies.
+  assert.match(table, /- default: reading its 10 MB of weights \(float16 matrices\) runs at 96\.0 GB\/s; batch-1 decode \(weight bytes × tokens\/s\) reaches native 33\.0 %/);
+  assert.match(table, /- default: 3,000 tokens: 'shift' \(keep 128\) 2,640 tokens\/s, 80 % of its within-window decode; 'slide' 120 tokens\/s; shift is 22\.0× slide/);
   const svg = benchChartSvg(report);
   assert.ok(svg.startsWith('<svg') && svg.trimEnd().endsWith('</svg>'));
-  assert.equal((svg.match(/<rect x="210"/g) ?? []).length, 8);
+  // 8 bars of char-10M, 4 of the bundled model, and its long generation's shift and slide.
+  assert.equal((svg.match(/<rect x="210"/g) ?? []).length, 14);
+  assert.match(svg, />2,640</);
   assert.match(svg, />4,200</);
 });

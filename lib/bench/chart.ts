@@ -25,6 +25,14 @@ export function benchChartSvg(report: BenchReport): string {
       });
       rows.push({ label: `${shape.shape}: ${label}`, bars });
     }
+    const long = shape.longGeneration;
+    if (long !== undefined) {
+      const tokens = long.tokens.toLocaleString('en-US');
+      rows.push({ label: `${shape.shape}: ${tokens} tokens, shift`, bars: [{ engine: 'native', value: long.shift.median, note: false }] });
+      if (long.slide !== undefined) {
+        rows.push({ label: `${shape.shape}: ${tokens} tokens, slide`, bars: [{ engine: 'native', value: long.slide.median, note: false }] });
+      }
+    }
   }
   const values = rows.flatMap((r) => r.bars.map((b) => b.value)).filter((v) => v > 0);
   const lo = 10 ** Math.floor(Math.log10(Math.min(...values, 10)));

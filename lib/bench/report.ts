@@ -27,9 +27,19 @@ export function formatBenchReport(report: BenchReport): string {
   const bandwidthLines = report.shapes.flatMap((s) => {
     if (s.bandwidth === undefined) return [];
     const fractions = Object.entries(s.bandwidth.decodeFraction).map(([e, f]) => `${e} ${(100 * (f as number)).toFixed(1)} %`);
-    return [`${s.shape}: reading its ${(s.weightBytes / 1e6).toFixed(0)} MB of fp32 weights runs at ${s.bandwidth.readGBs.median.toFixed(1)} GB/s; batch-1 decode (weight bytes × tokens/s) reaches ${fractions.join(', ')} of that`];
+    return [`${s.shape}: reading its ${(s.weightBytes / 1e6).toFixed(0)} MB of ${s.weights === 'bundled' ? 'weights (float16 matrices)' : 'fp32 weights'} runs at ${s.bandwidth.readGBs.median.toFixed(1)} GB/s; batch-1 decode (weight bytes × tokens/s) reaches ${fractions.join(', ')} of that`];
   });
   if (bandwidthLines.length > 0) lines.push('', ...bandwidthLines.map((l) => `- ${l}`));
+  const longLines = report.shapes.flatMap((s) => {
+    const g = s.longGeneration;
+    if (g === undefined) return [];
+    const slide = g.slide === undefined ? "'slide' not measured (a whole-window pass per token: many minutes)" : `'slide' ${cell(g.slide)} tokens/s; shift is ${(g.shiftOverSlide as number).toFixed(1)}× slide`;
+    return [`${s.shape}: ${g.tokens.toLocaleString('en-US')} tokens: 'shift' (keep ${g.keep}) ${cell(g.shift)} tokens/s, ${(100 * g.shiftFraction).toFixed(0)} % of its within-window decode; ${slide}`];
+  });
+  if (longLines.length > 0) {
+    lines.push('', 'native, long generation from a one-token prompt, batch 1, past the window (`context`):');
+    lines.push(...longLines.map((l) => `- ${l}`));
+  }
   const f16Lines = report.shapes.flatMap((s) => {
     if (s.nativeF16 === undefined) return [];
     const { decodeBatch1, weightBytes } = s.nativeF16;

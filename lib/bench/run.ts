@@ -9,14 +9,14 @@ import type { BackendName } from '../backends/types.js';
 import { linear } from '../backends/js/math.js';
 import { describe, parameterCount, type ModelConfig } from '../config.js';
 import { invalidArgument } from '../errors.js';
-import { createModel } from '../load.js';
+import { createModel, loadModel } from '../load.js';
 import type { Model } from '../model.js';
 import { Rng } from '../sampling/rng.js';
 import { nativeProbes, type MachineProbes } from './probes.js';
-import { BENCH_SHAPES, randomWeights, syntheticVocab } from './shapes.js';
+import { BENCH_SHAPE_NAMES, BENCH_SHAPES, BUNDLED_SHAPE, randomWeights, syntheticVocab } from './shapes.js';
 
 export interface BenchOptions {
-  /** Shape names from BENCH_SHAPES (default: all). */
+  /** Shape names from BENCH_SHAPE_NAMES: 'default' (the bundled model) or one of BENCH_SHAPES (default: all). */
   shapes?: string[];
   /** Engines to measure (default: every available one). */
   backends?: BackendName[];
@@ -43,12 +43,37 @@ export interface EngineFigures {
   readonly prefillBatch8: Figure;
 }
 
+/**
+ * A long generation from a one-token prompt, far past the window, under each context policy
+ * (native engine): 'shift' against the same engine's within-window decode (decodeBatch1), and
+ * against 'slide', nanoGPT's exact window, which re-runs the whole window for every token.
+ */
+export interface LongGeneration {
+  readonly tokens: number;
+  /** Tokens 'shift' keeps at each shift (the default, blockSize / 2). */
+  readonly keep: number;
+  readonly shift: Figure;
+  /** Left out where a run would take many minutes (gpt2-124M: a 1,024-token pass per token). */
+  readonly slide?: Figure;
+  /** shift / within-window decode at batch 1. */
+  readonly shiftFraction: number;
+  /** shift / slide. */
+  readonly shiftOverSlide?: number;
+}
+
 export interface ShapeReport {
   readonly shape: string;
   readonly config: ModelConfig;
   readonly parameters: number;
-  /** fp32 bytes a decode step reads: every weight once (lm_head is wte). */
+  /**
+   * Bytes a decode step reads: every weight once (lm_head is wte), fp32 for the random shapes;
+   * for the bundled model, its matrices in float16 as the native engine keeps them (exactly: the
+   * file is float16).
+   */
   readonly weightBytes: number;
+  /** Where the weights come from: random (of nanoGPT's scale), or the bundled model's trained ones. */
+  readonly weights: 'random' | 'bundled';
+  readonly longGeneration?: LongGeneration;
   readonly engines: Partial<Record<BackendName, EngineFigures>>;
   /** GB/s reading a buffer of weightBytes (native probe), and batch-1 decode as a fraction of it. */
   readonly bandwidth?: { readonly readGBs: Figure; readonly decodeFraction: Partial<Record<BackendName, number>> };
@@ -94,8 +119,8 @@ const JS_RUNS = 3;
 
 export async function runBench(options: BenchOptions = {}): Promise<BenchReport> {
   const log = options.log ?? (() => {});
-  const shapeNames = options.shapes ?? Object.keys(BENCH_SHAPES);
-  for (const s of shapeNames) if (BENCH_SHAPES[s] === undefined) throw invalidArgument(`unknown shape "${s}" (shapes: ${Object.keys(BENCH_SHAPES).join(', ')})`);
+  const shapeNames = options.shapes ?? [...BENCH_SHAPE_NAMES];
+  for (const s of shapeNames) if (!BENCH_SHAPE_NAMES.includes(s)) throw invalidArgument(`unknown shape ${describe(s)} (shapes: ${BENCH_SHAPE_NAMES.join(', ')})`);
   const available = availableBackends().filter((b) => b.available).map((b) => b.name);
   const engines = options.backends ?? available;
   for (const e of engines) {
@@ -123,21 +148,45 @@ export async function runBench(options: BenchOptions = {}): Promise<BenchReport>
 
   const shapes: ShapeReport[] = [];
   for (const shape of shapeNames) {
-    const config = BENCH_SHAPES[shape] as ModelConfig;
-    log(`${shape}: building random weights (${(parameterCount(config) / 1e6).toFixed(1)}M parameters)`);
-    const weights = randomWeights(config);
-    const vocab = syntheticVocab(config.vocabSize);
-    let report: ShapeReport = { shape, config, parameters: parameterCount(config), weightBytes: parameterCount(config) * 4, engines: {} };
+    const bundled = shape === BUNDLED_SHAPE;
+    // A model of this shape on `engine`: the bundled one as loadModel gives it (precision 'auto':
+    // float16 matrices, exact), else random weights in float32.
+    let load: (engine: BackendName, precision?: 'f32' | 'f16') => Promise<Model>;
+    let config: ModelConfig;
+    if (bundled) {
+      load = (engine) => loadModel('default', { backend: engine, threads });
+      const probe = await loadModel('default', { backend: 'js' });
+      config = probe.config;
+      probe.dispose();
+    } else {
+      config = BENCH_SHAPES[shape] as ModelConfig;
+      log(`${shape}: building random weights (${(parameterCount(config) / 1e6).toFixed(1)}M parameters)`);
+      const weights = randomWeights(config);
+      const vocab = syntheticVocab(config.vocabSize);
+      load = (engine, precision = 'f32') => createModel(config, weights, vocab, { backend: engine, threads, name: shape, precision });
+    }
+    let report: ShapeReport = {
+      shape,
+      config,
+      parameters: parameterCount(config),
+      weightBytes: bundled ? float16WeightBytes(config) : parameterCount(config) * 4,
+      weights: bundled ? 'bundled' : 'random',
+      engines: {},
+    };
     for (const engine of engines) {
-      const model = await createModel(config, weights, vocab, { backend: engine, threads, name: shape, precision: 'f32' });
+      const model = await load(engine);
       try {
-        report.engines[engine] = await measureEngine(model, engine === 'js' ? Math.min(runs, JS_RUNS) : runs, engine, log);
+        const figures = await measureEngine(model, engine === 'js' ? Math.min(runs, JS_RUNS) : runs, engine, log);
+        report.engines[engine] = figures;
+        if (engine === 'native') {
+          report = { ...report, longGeneration: await measureLongGeneration(model, runs, figures.decodeBatch1, log) };
+        }
       } finally {
         model.dispose();
       }
     }
-    if (engines.includes('native')) {
-      const model = await createModel(config, weights, vocab, { backend: 'native', threads, name: shape, precision: 'f16' });
+    if (engines.includes('native') && !bundled) {
+      const model = await load('native', 'f16');
       try {
         const decodeBatch1 = await measureDecode(model, runs, 'native');
         log(`native ${shape} (f16 weights): decode batch 1 ${decodeBatch1.median.toFixed(1)} tokens/s`);
@@ -225,6 +274,37 @@ async function measureEngine(model: Model, runs: number, engine: BackendName, lo
   );
   log(`${label}: prefill batch 8 ${prefillBatch8.median.toFixed(1)} tokens/s`);
   return { decodeBatch1, decodeBatch8, prefillBatch1, prefillBatch8 };
+}
+
+/** Tokens of the long generation: 3,000, or 2,048 on windows of 1,024 and more (gpt2-124M). */
+export function longGenerationTokens(config: ModelConfig): number {
+  return config.blockSize >= 1024 ? 2048 : 3000;
+}
+
+/**
+ * The long generation (native engine): `tokens` from a one-token prompt under 'shift', and under
+ * 'slide' where that takes seconds, not many minutes: past the window, 'slide' runs a whole-window
+ * pass per token, which on gpt2-124M is about a second each here. Runs are long, so no warm-up
+ * (the engine is warm from the figures before) and at most 3 of 'slide'.
+ */
+async function measureLongGeneration(model: Model, runs: number, withinWindow: Figure, log: (line: string) => void): Promise<LongGeneration> {
+  const { blockSize } = model.config;
+  const tokens = longGenerationTokens(model.config);
+  const keep = Math.floor(blockSize / 2);
+  const prompt = model.tokenizer.vocab[0] as string;
+  const label = `native ${model.source.path}`;
+  const generation = (context: 'shift' | 'slide') => async () => {
+    await model.generate(prompt, { ...SAMPLING, maxNewTokens: tokens, context });
+    return tokens;
+  };
+  const large = blockSize >= 1024;
+  const shift = await timed(large ? Math.min(runs, 3) : runs, 'tokens/s', generation('shift'), undefined, false);
+  log(`${label}: ${tokens} tokens, context 'shift' (keep ${keep}): ${shift.median.toFixed(1)} tokens/s`);
+  const shiftFraction = shift.median / withinWindow.median;
+  if (large) return { tokens, keep, shift, shiftFraction };
+  const slide = await timed(Math.min(runs, 3), 'tokens/s', generation('slide'), undefined, false);
+  log(`${label}: ${tokens} tokens, context 'slide': ${slide.median.toFixed(1)} tokens/s`);
+  return { tokens, keep, shift, slide, shiftFraction, shiftOverSlide: shift.median / slide.median };
 }
 
 /**

@@ -10,6 +10,12 @@ export const BENCH_SHAPES: Readonly<Record<string, ModelConfig>> = {
   'gpt2-124M': { vocabSize: 50304, blockSize: 1024, nLayer: 12, nHead: 12, nEmbd: 768, bias: true },
 };
 
+/** The bundled model (`loadModel('default')`), measured with its trained weights beside the random shapes. */
+export const BUNDLED_SHAPE = 'default';
+
+/** Every shape `microgpt bench` knows, the bundled model first. */
+export const BENCH_SHAPE_NAMES: readonly string[] = [BUNDLED_SHAPE, ...Object.keys(BENCH_SHAPES)];
+
 /**
  * Random weights of nanoGPT's scale: uniform with standard deviation 0.02 (uniform rather than
  * normal only to be quick: 124M draws), LayerNorm weights 1, biases 0.
