@@ -73,7 +73,7 @@ for (const [name, { prompt, load }] of Object.entries(subjects)) {
   results.push(row);
   for (const m of models) m.dispose();
 }
-const budget = loadAddon().addon.computeBudget();
+const budget = loadAddon().addon?.computeBudget?.() ?? { peak: NaN, capacity: NaN }; // absent from builds before the budget
 const report = {
   machine: `${cpus()[0]?.model ?? 'unknown CPU'}, ${availableParallelism()} logical cores`,
   node: process.version,
