@@ -405,6 +405,11 @@ class AddonModel : public Napi::ObjectWrap<AddonModel> {
     o.Set("cachesAllocated", Napi::Number::New(env, static_cast<double>(s.caches_allocated)));
     o.Set("sharedPasses", Napi::Number::New(env, static_cast<double>(s.shared_passes)));
     o.Set("widestLease", Napi::Number::New(env, static_cast<double>(s.widest_lease)));
+    if (s.profiled) {
+      Napi::Object phases = Napi::Object::New(env);
+      for (int p = 0; p < kPhases; p++) phases.Set(phase_name(static_cast<Phase>(p)), Napi::Number::New(env, s.phase_seconds[p]));
+      o.Set("phaseSeconds", phases);
+    }
     return o;
   }
 

@@ -1,6 +1,7 @@
 // The nanoGPT forward pass, one layer after another, for the stacked rows of a batch.
 #include "forward.h"
 
+#include <chrono>
 #include <cstring>
 #include <vector>
 
@@ -20,6 +21,37 @@ RunState make_run_state(const Config& c, int threads, int max_rows, int max_batc
   s.logits = FloatBuffer(static_cast<size_t>(max_batch) * c.vocab_size);
   return s;
 }
+
+const char* phase_name(Phase phase) {
+  static const char* const names[kPhases] = {"embedding", "layernorm", "qkv",     "attention",
+                                             "attentionProj", "mlpFc", "mlpProj", "lmHead"};
+  return names[static_cast<int>(phase)];
+}
+
+namespace {
+
+// Charges the time since the last mark to a phase, when profiling.
+class PhaseClock {
+ public:
+  explicit PhaseClock(PassProfile& p) : p_(p) {
+    if (p_.on) {
+      for (double& s : p_.seconds) s = 0;
+      last_ = std::chrono::steady_clock::now();
+    }
+  }
+  void mark(Phase phase) {
+    if (!p_.on) return;
+    const auto now = std::chrono::steady_clock::now();
+    p_.seconds[static_cast<int>(phase)] += std::chrono::duration<double>(now - last_).count();
+    last_ = now;
+  }
+
+ private:
+  PassProfile& p_;
+  std::chrono::steady_clock::time_point last_;
+};
+
+}  // namespace
 
 int pass_width(const Config& config, const ThreadPool& pool, int rows) {
   const double C = config.n_embd;
@@ -43,6 +75,7 @@ void forward(const Config& config, const Kernels& k, const Weights& w, ThreadPoo
   float* att = s.att.data();
   float* hidden = s.hidden.data();
 
+  PhaseClock clock(s.profile);
   // Each request is one run of rows of attention; its cache pointers are set per layer.
   std::vector<AttentionRun> runs(n);
   for (int i = 0, row = 0; i < n; i++) {
@@ -52,6 +85,7 @@ void forward(const Config& config, const Kernels& k, const Weights& w, ThreadPoo
     row += r.T;
   }
   const AttentionBlocks blocks = attention_blocks(runs.data(), n, k.attention_rows, C);
+  clock.mark(Phase::embedding);
   const size_t tiles = static_cast<size_t>(kv_cache_tiles(config));
   for (int l = 0; l < config.n_layer; l++) {
     const LayerWeights& lw = w.layers[l];
@@ -62,13 +96,20 @@ void forward(const Config& config, const Kernels& k, const Weights& w, ThreadPoo
     }
 
     layernorm(pool, k, xn, x, lw.ln1_weight, lw.ln1_bias, rows, C);
+    clock.mark(Phase::layernorm);
     matmul(pool, k, qkv, xn, lw.attn_weight, lw.attn_bias, rows, C, 3 * C, Epilogue::store);
+    clock.mark(Phase::qkv);
     attention(pool, k, att, qkv, runs.data(), n, blocks, s.scores.data(), C, config.n_head, B);
+    clock.mark(Phase::attention);
     matmul(pool, k, x, att, lw.attn_proj_weight, lw.attn_proj_bias, rows, C, C, Epilogue::residual);
+    clock.mark(Phase::attention_proj);
 
     layernorm(pool, k, xn, x, lw.ln2_weight, lw.ln2_bias, rows, C);
+    clock.mark(Phase::layernorm);
     matmul(pool, k, hidden, xn, lw.mlp_fc_weight, lw.mlp_fc_bias, rows, C, 4 * C, Epilogue::gelu);
+    clock.mark(Phase::mlp_fc);
     matmul(pool, k, x, hidden, lw.mlp_proj_weight, lw.mlp_proj_bias, rows, 4 * C, C, Epilogue::residual);
+    clock.mark(Phase::mlp_proj);
   }
 
   // Final LayerNorm and the tied lm_head, only for the positions whose logits are wanted.
@@ -78,6 +119,7 @@ void forward(const Config& config, const Kernels& k, const Weights& w, ThreadPoo
     const int out_rows = r.T - first;
     layernorm(pool, k, xn, x + static_cast<size_t>(first) * C, w.lnf_weight, w.lnf_bias, out_rows, C);
     matmul(pool, k, r.logits, xn, w.lm_head, nullptr, out_rows, C, V, Epilogue::store);
+    clock.mark(Phase::lm_head);
     return;
   }
   // Several sequences (none wants every position): the last row of each, stacked.
@@ -91,6 +133,7 @@ void forward(const Config& config, const Kernels& k, const Weights& w, ThreadPoo
   for (int i = 0; i < n; i++) {
     std::memcpy(batch[i]->logits, logits + static_cast<size_t>(i) * V, V * sizeof(float));
   }
+  clock.mark(Phase::lm_head);
 }
 
 }  // namespace microgpt

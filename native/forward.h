@@ -24,6 +24,17 @@ struct ForwardRequest {
   std::string error;  // why the pass failed; empty when it ran
 };
 
+// The steps of a pass, timed one by one when a model is profiled (MICROGPT_PROFILE=1 at load):
+// where a decode step's time goes. Off, each costs one branch.
+enum class Phase { embedding, layernorm, qkv, attention, attention_proj, mlp_fc, mlp_proj, lm_head, count };
+constexpr int kPhases = static_cast<int>(Phase::count);
+const char* phase_name(Phase phase);
+
+struct PassProfile {
+  bool on = false;
+  double seconds[kPhases] = {};  // this pass's, by Phase
+};
+
 // Activations of one batched forward pass of up to R = max_rows rows (one full
 // prefill and a batch of decode steps), rows of several sequences stacked.
 struct RunState {
@@ -34,6 +45,7 @@ struct RunState {
   FloatBuffer hidden;  // (R, 4C) the MLP's hidden layer, after GELU
   FloatBuffer scores;  // (threads, kAttentionRows * block_size) attention scores, a block per thread
   FloatBuffer logits;  // (max_batch, vocab_size) last-position logits of a batch of sequences
+  PassProfile profile;
 };
 
 // Scratch for passes of up to max_rows rows and max_batch requests; no page is touched before a

@@ -79,7 +79,10 @@ void layernorm(ThreadPool& pool, const Kernels& k, float* out, const float* x, c
 void matmul(ThreadPool& pool, const Kernels& k, float* out, const float* x, const PackedLinear& w, const float* b,
             int T, int K, int N, Epilogue epilogue) {
   const int panels = panel_count(N);
-  const int n = threads_for(pool, static_cast<double>(T) * K * N, panels);
+  // Work in multiply-adds or, where the weights' bytes weigh more (a decode step streams each
+  // weight for one multiply-add), half the bytes read: a float32 GEMV is two units a weight.
+  const double weight_bytes = static_cast<double>(K) * N * (w.f16 ? 2 : 4);
+  const int n = threads_for(pool, std::max(static_cast<double>(T) * K * N, weight_bytes / 2), panels);
   // About four chunks per thread: fine enough to rebalance, coarse enough for the kernels' tiles.
   parallel_chunks(pool, n, panels, std::max(1, panels / (4 * n)), [&](int p0, int p1, int) {
     if (w.f16) {
@@ -97,8 +100,15 @@ AttentionBlocks attention_blocks(const AttentionRun* runs, int n_runs, int R, in
     for (int t = 0; t < r.T; t += R) {
       b.run.push_back(i);
       b.row.push_back(r.row + t);
+      // A block's queries share each key and value it reads: multiply-adds, 2 per key and channel
+      // per query, or, where the cache's bytes weigh more (a decode step's single query), half
+      // the bytes of its keys and values (as for the matmuls' weights).
+      const int rows = std::min(R, r.T - t);
+      const double last = r.start + t + rows;  // positions the block's last query sees
+      double macs = 0;
+      for (int q = 0; q < rows; q++) macs += 2.0 * (r.start + t + q + 1) * C;
+      b.work += std::max(macs, 2.0 * last * C * sizeof(float) / 2);
     }
-    for (int t = 0; t < r.T; t++) b.work += 2.0 * (r.start + t + 1) * C;
   }
   b.row.push_back(n_runs == 0 ? 0 : runs[n_runs - 1].row + runs[n_runs - 1].T);
   return b;

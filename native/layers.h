@@ -38,7 +38,7 @@ struct AttentionRun {
 // [row[b], row[b + 1]) of run run[b]; the same for every layer of a pass.
 struct AttentionBlocks {
   std::vector<int> run, row;  // row has one more entry: the end
-  double work = 0;            // multiply-adds of all rows' attention, for the thread split
+  double work = 0;            // all blocks' work, for the thread split (layers.cpp: multiply-adds or bytes)
 };
 AttentionBlocks attention_blocks(const AttentionRun* runs, int n_runs, int R, int C);
 

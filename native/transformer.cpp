@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdlib>
 #include <stdexcept>
 #include <string>
 
@@ -18,6 +19,10 @@ Transformer::Transformer(const Config& config, const std::vector<const float*>& 
       max_rows_(config.block_size + kMaxBatch),
       cache_pool_(std::make_shared<KVCachePool>(kv_cache_bytes(config))) {
   s_ = make_run_state(config, pool_.size(), max_rows_, kMaxBatch);
+  // Profiling, for the kernel lab: every pass times its steps (a clock read each).
+  const char* profile = std::getenv("MICROGPT_PROFILE");
+  s_.profile.on = profile != nullptr && std::string(profile) == "1";
+  stats_.profiled = s_.profile.on;
 }
 
 Transformer::~Transformer() { cache_pool_->close(); }
@@ -86,6 +91,9 @@ void Transformer::run(ForwardRequest* const* requests, int n) {
       if (batch[i]->T == 1) stats_.decode_rows++;
     }
     stats_.passes++;
+    if (s_.profile.on) {
+      for (int p = 0; p < kPhases; p++) stats_.phase_seconds[p] += s_.profile.seconds[p];
+    }
     if (lease.shared()) stats_.shared_passes++;
     stats_.widest_lease = std::max<uint64_t>(stats_.widest_lease, lease.width());
     stats_.requests += count;

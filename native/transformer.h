@@ -30,6 +30,8 @@ struct BatchStats {
   double busy_seconds = 0;     // time spent in passes (wall clock)
   uint64_t shared_passes = 0;  // passes run while another model was active (a share of the budget)
   uint64_t widest_lease = 0;   // the most threads a pass was granted
+  bool profiled = false;       // whether phase_seconds is kept (MICROGPT_PROFILE=1 at load)
+  double phase_seconds[kPhases] = {};  // time in each step of the passes (forward.h's Phase)
   uint64_t caches_allocated = 0;  // KV caches made (the others were reused from the pool)
 };
 

@@ -85,6 +85,12 @@ export interface AddonBatchStats {
   readonly sharedPasses: number;
   /** The most threads the compute budget granted one pass. */
   readonly widestLease: number;
+  /**
+   * Seconds spent in each step of the passes, when the model was loaded with MICROGPT_PROFILE=1
+   * in the environment (each step then reads the clock): embedding, layernorm, qkv, attention,
+   * attentionProj, mlpFc, mlpProj, lmHead.
+   */
+  readonly phaseSeconds?: Readonly<Record<string, number>>;
 }
 
 /** The process's compute budget (native/compute_budget.h), shared by all native models. */
