@@ -1,7 +1,9 @@
 // `node --import ./scripts/sanitize-skip.mjs --test ...`: skips the tests whose name matches the
 // regular expression in MICROGPT_SKIP_TESTS (reporting them as skipped), and runs the
-// rest unchanged. scripts/sanitize.sh runs the native test files on the AddressSanitizer build
-// with it, leaving out the tests that would measure the sanitizer rather than the engine.
+// rest unchanged; MICROGPT_SKIP_REASON, if set, is the reason shown. scripts/sanitize.sh runs the
+// native test files on the AddressSanitizer build with it, leaving out the tests that would
+// measure the sanitizer rather than the engine; scripts/linux-arm64.sh and scripts/win32-x64.sh
+// run them under qemu and wine with it, each leaving out what its SKIP_TESTS names.
 //
 // Why a loader hook: node:test's --test-name-pattern can only pick tests to run, and a test runs
 // whenever an enclosing suite's name matches, so it cannot leave out a few tests and keep the rest
@@ -13,7 +15,7 @@ const shim = `data:text/javascript,${encodeURIComponent(`
 import * as real from 'node:test';
 export * from 'node:test';
 const pattern = new RegExp(process.env.MICROGPT_SKIP_TESTS || '(?!)');
-const reason = 'left out under sanitizers (SKIP_TESTS in scripts/sanitize.sh says why)';
+const reason = process.env.MICROGPT_SKIP_REASON || 'left out under sanitizers (SKIP_TESTS in scripts/sanitize.sh says why)';
 function wrap(fn) {
   const wrapped = (name, ...rest) =>
     typeof name === 'string' && pattern.test(name) ? fn(name, { skip: reason }, () => {}) : fn(name, ...rest);
