@@ -36,7 +36,7 @@ command -v aarch64-linux-gnu-g++ >/dev/null || missing+=("the aarch64 cross comp
 [[ -f /usr/aarch64-linux-gnu/lib/libstdc++.so.6 ]] || missing+=("its arm64 libstdc++ (/usr/aarch64-linux-gnu/lib)")
 command -v qemu-aarch64-static >/dev/null || missing+=("qemu-user (qemu-aarch64-static)")
 command -v cmake >/dev/null || missing+=(cmake)
-[[ -x $node_arm64 ]] || missing+=("an arm64 node $version in $cache")
+[[ -x $node_arm64 ]] || missing+=("arm64 node $version in $cache")
 if ((${#missing[@]})); then
   echo "linux-arm64: skipped: no $(IFS=,; echo "${missing[*]}" | sed 's/,/, /g'); scripts/install-arm64-deps.sh installs them"
   exit 0
