@@ -2,7 +2,8 @@
 // prebuildify drives node-gyp only: it runs `<this> rebuild --target=<node> --arch=<arch> --release`
 // in the package folder, then takes the .node file it finds in build/Release. This stands in for
 // node-gyp and builds with cmake-js (scripts/build-native.mjs) instead. Node-API binaries do not
-// depend on the target Node version; cross-compiling to another arch is not supported.
+// depend on the target Node version. It builds for the machine it runs on only: linux-arm64 is
+// cross-built from linux-x64 by scripts/build-cross.mjs (npm run build:prebuild:linux-arm64).
 import { spawnSync } from 'node:child_process';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -14,7 +15,7 @@ if (args[0] !== 'rebuild') {
   process.exit(1);
 }
 if (arch !== process.arch) {
-  console.error(`prebuildify-cmake: cannot build for ${arch} on ${process.arch} (no cross-compiling)`);
+  console.error(`prebuildify-cmake: cannot build for ${arch} on ${process.arch} (for linux-arm64 on linux-x64: npm run build:prebuild:linux-arm64)`);
   process.exit(1);
 }
 if (args.includes('--debug')) {
