@@ -1,4 +1,4 @@
-// On arm64 (a real machine, or scripts/test-arm64.sh's cross-built binary under qemu): the NEON
+// On arm64 (a real machine, or scripts/linux-arm64.sh's cross-built binary under qemu): the NEON
 // kernels are the ones the engine runs, and the bundled model writes PyTorch's greedy text on them.
 // The other native test files check the kernels and models on every instruction set; this one
 // makes sure NEON is among them, so a build or CPU probe that fell back to scalar cannot pass
