@@ -24,10 +24,18 @@ have_tools() {
 }
 if ! have_tools; then
   if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
-    # DPkg::Lock::Timeout: another stage may be installing at the same time.
-    apt-get update -qq -o DPkg::Lock::Timeout=120
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends -o DPkg::Lock::Timeout=120 \
-      g++-aarch64-linux-gnu qemu-user-static >/dev/null
+    # DPkg::Lock::Timeout: another stage may be installing at the same time. apt's output (debconf
+    # notes included) is shown only when it fails.
+    log=$(mktemp)
+    if ! { apt-get update -qq -o DPkg::Lock::Timeout=120 &&
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends -o DPkg::Lock::Timeout=120 \
+        g++-aarch64-linux-gnu qemu-user-static; } >"$log" 2>&1; then
+      cat "$log" >&2
+      rm -f "$log"
+      echo "install-arm64-deps: apt-get failed to install g++-aarch64-linux-gnu and qemu-user-static" >&2
+      exit 1
+    fi
+    rm -f "$log"
   else
     echo "install-arm64-deps: the aarch64 cross compiler or qemu is missing; install them (Debian: apt-get install -y --no-install-recommends g++-aarch64-linux-gnu qemu-user-static) or the linux-arm64 stage skips"
     exit 0
