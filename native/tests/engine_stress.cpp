@@ -438,10 +438,14 @@ void batching(const Spec& spec, const TestWeights& w, const Reference& ref, Isa 
       CHECK(stats.passes < stats.requests, "%s: %llu passes for %llu requests: nothing batched", spec.name,
             static_cast<unsigned long long>(stats.passes), static_cast<unsigned long long>(stats.requests));
     } else {
-      // Every cache went back to the pool; at most the forwarder finds it empty once.
-      CHECK(stats.caches_allocated <= allocated_after_first + 1, "%s: %llu caches after the first round, %llu after the second",
-            spec.name, static_cast<unsigned long long>(allocated_after_first),
-            static_cast<unsigned long long>(stats.caches_allocated));
+      // Every cache went back to the pool and the second round reused them: a cache is made only
+      // when more are in use at once than ever before, and at most every session's and the
+      // forwarder's are (without reuse the second round would make its own). How many overlap in
+      // each round depends on timing, so the first round's count is no bound for the second's.
+      CHECK(stats.caches_allocated <= static_cast<uint64_t>(kSessions + 1),
+            "%s: %llu caches after the first round, %llu after the second, for %d in use at most", spec.name,
+            static_cast<unsigned long long>(allocated_after_first), static_cast<unsigned long long>(stats.caches_allocated),
+            kSessions + 1);
     }
   }
 
