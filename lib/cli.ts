@@ -8,6 +8,7 @@ import { readFile, stat, writeFile } from 'node:fs/promises';
 import { basename } from 'node:path';
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { availableBackends } from './backends/index.js';
+import { cudaStatus, type CudaStatus } from './backends/cuda.js';
 import { nativeBinary, type NativeBinary } from './backends/native/index.js';
 import type { BackendChoice, BackendName, PrecisionChoice } from './backends/types.js';
 import { benchChartSvg } from './bench/chart.js';
@@ -214,6 +215,7 @@ async function info(args: string[]): Promise<void> {
     metadata: file.info.metadata,
     backends: availableBackends(),
     native: nativeBinary(),
+    cuda: cudaStatus(),
   };
   if (values['json'] === true) {
     process.stdout.write(`${JSON.stringify(description, null, 2)}\n`);
@@ -228,8 +230,19 @@ async function info(args: string[]): Promise<void> {
     ...Object.entries(description.metadata).map(([k, v]) => `${k.padEnd(11)} ${v.length > 200 ? `${v.slice(0, 200)}…` : v}`),
     `backends    ${description.backends.map((b) => (b.available ? b.name : `${b.name} (unavailable: ${b.reason})`)).join(', ')}`,
     `native      ${describeBinary(description.native)}`,
+    `cuda        ${describeCuda(description.cuda)}`,
   ];
   process.stdout.write(`${lines.join('\n')}\n`);
+}
+
+/** The CUDA module and its devices in one line, or why there are none. */
+function describeCuda(s: CudaStatus | null): string {
+  if (s === null) return 'no native binary (see backends)';
+  const devices = s.devices.map(
+    (d) => `${d.index}: ${d.name}, ${(d.memoryBytes / 2 ** 30).toFixed(0)} GiB, compute capability ${d.computeCapability}${d.usable ? '' : ' (too old)'}`,
+  );
+  if (devices.length > 0) return devices.join('; ');
+  return s.reason ?? 'no device';
 }
 
 /** The native binary in one line: its path and the instruction set it runs, or why there is none. */

@@ -3,9 +3,11 @@
 
 #include <cmath>
 #include <initializer_list>
+#include <string>
 #include <vector>
 
 #include "compute_budget.h"
+#include "cuda_loader.h"
 #include "kernels.h"
 #include "transformer.h"
 #include "thread_pool.h"
@@ -115,6 +117,30 @@ Napi::Value compute_budget(const Napi::CallbackInfo& info) {
   return o;
 }
 
+// cuda(): whether the CUDA module loaded and which devices it sees (cuda_loader.h); probed once
+// per process, on the first call.
+Napi::Value cuda_info(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const CudaStatus& s = cuda_status();
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("module", s.module.empty() ? env.Null() : Napi::String::New(env, s.module));
+  o.Set("reason", s.reason.empty() ? env.Null() : Napi::String::New(env, s.reason));
+  Napi::Array devices = Napi::Array::New(env, s.devices.size());
+  for (size_t i = 0; i < s.devices.size(); i++) {
+    const CudaDevice& d = s.devices[i];
+    Napi::Object o2 = Napi::Object::New(env);
+    o2.Set("index", Napi::Number::New(env, static_cast<double>(i)));
+    o2.Set("name", Napi::String::New(env, d.name));
+    o2.Set("memoryBytes", Napi::Number::New(env, d.memory_bytes));
+    o2.Set("computeCapability", Napi::String::New(env, std::to_string(d.major) + "." + std::to_string(d.minor)));
+    o2.Set("multiprocessors", Napi::Number::New(env, d.multiprocessors));
+    o2.Set("usable", Napi::Boolean::New(env, d.usable));
+    devices.Set(static_cast<uint32_t>(i), o2);
+  }
+  o.Set("devices", devices);
+  return o;
+}
+
 class Addon : public Napi::Addon<Addon> {
  public:
   Addon(Napi::Env env, Napi::Object exports) {
@@ -141,6 +167,7 @@ class Addon : public Napi::Addon<Addon> {
     exports.Set("configLimits", config_limits(env));
     exports.Set("maxThreads", Napi::Number::New(env, ThreadPool::kMaxThreads));
     exports.Set("computeBudget", Napi::Function::New(env, compute_budget, "computeBudget"));
+    exports.Set("cuda", Napi::Function::New(env, cuda_info, "cuda"));
   }
   AddonData data_;
 };

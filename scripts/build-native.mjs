@@ -36,6 +36,9 @@ try {
     config: 'Release',
     parallel: availableParallelism(),
     logLevel: quiet ? 'warn' : 'info',
+    // The CUDA module (CMakeLists.txt): AUTO unless MICROGPT_CUDA says ON (the release's
+    // linux-x64 build, which must carry it) or OFF.
+    ...(process.env.MICROGPT_CUDA ? { cMakeOptions: { MICROGPT_CUDA: process.env.MICROGPT_CUDA } } : {}),
   });
   await build.rebuild();
 } catch (error) {
@@ -46,4 +49,5 @@ if (!existsSync(join(root, 'build', 'Release', 'microgpt.node'))) {
   console.error('microgpt: the native build finished but build/Release/microgpt.node is missing');
   process.exit(1);
 }
-if (!quiet) console.log(`microgpt: built build/Release/microgpt.node in ${((Date.now() - started) / 1000).toFixed(1)} s`);
+const cuda = existsSync(join(root, 'build', 'Release', 'microgpt_cuda.so')) ? ' and the CUDA module (microgpt_cuda.so)' : '';
+if (!quiet) console.log(`microgpt: built build/Release/microgpt.node${cuda} in ${((Date.now() - started) / 1000).toFixed(1)} s`);

@@ -47,6 +47,10 @@ for (const [platform, want] of Object.entries(REQUIRED)) {
     } else found.push(`${platform}/${name}`);
   }
 }
+// The linux-x64 prebuild carries the CUDA module (built with MICROGPT_CUDA=ON by the workflow).
+const cudaModule = join(root, 'prebuilds', 'linux-x64', 'microgpt_cuda.so');
+if (!existsSync(cudaModule)) problems.push('no CUDA module (microgpt_cuda.so) in prebuilds/linux-x64');
+else found.push('linux-x64/microgpt_cuda.so');
 if (problems.length > 0) {
   console.error(`microgpt: not publishing: ${problems.join('; ')} (the release workflow builds each with npm run build:prebuild on its own runner)`);
   process.exit(1);

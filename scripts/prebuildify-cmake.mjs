@@ -5,6 +5,7 @@
 // depend on the target Node version. It builds for the machine it runs on only: linux-arm64 is
 // cross-built from linux-x64 by scripts/build-cross.mjs (npm run build:prebuild:linux-arm64).
 import { spawnSync } from 'node:child_process';
+import { copyFileSync, existsSync, mkdirSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -22,6 +23,15 @@ if (args.includes('--debug')) {
   console.error('prebuildify-cmake: debug prebuilds are not supported');
   process.exit(1);
 }
-const script = join(dirname(fileURLToPath(import.meta.url)), 'build-native.mjs');
-const result = spawnSync(process.execPath, [script], { stdio: 'inherit' });
-process.exit(result.status ?? 1);
+const root = join(dirname(fileURLToPath(import.meta.url)), '..');
+const result = spawnSync(process.execPath, [join(root, 'scripts', 'build-native.mjs')], { stdio: 'inherit' });
+if (result.status !== 0) process.exit(result.status ?? 1);
+// prebuildify takes only the .node file; the CUDA module, where one was built, goes beside it in
+// the prebuild's folder, where the addon looks for it (native/cuda_loader.cpp), stripped too.
+const cuda = join(root, 'build', 'Release', 'microgpt_cuda.so');
+if (existsSync(cuda)) {
+  const folder = join(root, 'prebuilds', `${process.platform}-${arch}`);
+  mkdirSync(folder, { recursive: true });
+  copyFileSync(cuda, join(folder, 'microgpt_cuda.so'));
+  spawnSync('strip', ['--strip-unneeded', join(folder, 'microgpt_cuda.so')], { stdio: 'inherit' });
+}

@@ -1,4 +1,5 @@
 import { MicroGPTError, invalidArgument } from '../errors.js';
+import { CUDA_ENGINE_IN_BUILD, cudaUnavailableReason } from './cuda.js';
 import { jsBackend } from './js/index.js';
 import { nativeBackend, nativeUnavailableReason } from './native/index.js';
 import type { Backend, BackendChoice, BackendName } from './types.js';
@@ -16,7 +17,7 @@ function unavailableReason(name: BackendName): string | null {
     case 'native':
       return nativeUnavailableReason();
     case 'cuda':
-      return 'this build of microgpt has no CUDA engine yet';
+      return cudaUnavailableReason();
   }
 }
 
@@ -27,7 +28,7 @@ export function resolveBackend(choice: BackendChoice = 'auto'): Backend {
     throw invalidArgument(`backend must be one of ${BACKEND_CHOICES.join(', ')}, got ${JSON.stringify(choice)}`);
   }
   if (choice === 'auto') {
-    const name = PREFERENCE.find((n) => unavailableReason(n) === null) ?? 'js';
+    const name = PREFERENCE.find((n) => (n !== 'cuda' || CUDA_ENGINE_IN_BUILD) && unavailableReason(n) === null) ?? 'js';
     return backendByName(name);
   }
   const reason = unavailableReason(choice);

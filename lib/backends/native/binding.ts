@@ -93,6 +93,25 @@ export interface AddonBatchStats {
   readonly phaseSeconds?: Readonly<Record<string, number>>;
 }
 
+export interface AddonCudaDevice {
+  readonly index: number;
+  readonly name: string;
+  readonly memoryBytes: number;
+  /** "major.minor", e.g. "9.0" for an H100 or H200. */
+  readonly computeCapability: string;
+  readonly multiprocessors: number;
+  /** Compute capability 8.0 or later: the module's kernels run on it. */
+  readonly usable: boolean;
+}
+
+export interface AddonCudaStatus {
+  /** Path of the CUDA module that loaded, or null. */
+  readonly module: string | null;
+  /** Why no device is usable (no module, no driver, driver too old, no device), or null. */
+  readonly reason: string | null;
+  readonly devices: readonly AddonCudaDevice[];
+}
+
 /** The process's compute budget (native/compute_budget.h), shared by all native models. */
 export interface AddonComputeBudget {
   /** Threads all models together compute on at most: the largest `threads` of the live models. */
@@ -210,6 +229,8 @@ export interface Addon {
   readonly maxThreads: number;
   /** The process's compute budget now: shared by every native model of the process. */
   computeBudget(): AddonComputeBudget;
+  /** The CUDA module beside this binary and the devices it sees (native/cuda_loader.h); probed once a process. */
+  cuda(): AddonCudaStatus;
   /** What the CPU probe found: the fastest instruction set and all that run here. */
   cpu(): { best: AddonIsa; supported: AddonIsa[] };
   /** null when every supported instruction set agrees with the scalar reference, else why not. */
