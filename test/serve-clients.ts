@@ -1,6 +1,6 @@
-// Streaming clients for the serve load test, run in a worker thread so that parsing 32 streams
-// does not share the server's event loop (the clients of a real deployment are elsewhere).
-// workerData: { url, model, maxTokens, seeds }; posts { results: { text, chunks }[], seconds }.
+// Streaming clients for the serve load test, run in a worker thread or a child process so that
+// parsing 32 streams does not share the server's event loop (the clients of a real deployment are
+// elsewhere). Job: { url, model, maxTokens, seeds }; result: { results: { text, chunks }[], seconds }.
 import { request } from 'node:http';
 import { parentPort, workerData } from 'node:worker_threads';
 
@@ -42,7 +42,11 @@ function stream(job: Job, seed: number): Promise<{ text: string; chunks: number 
   });
 }
 
-const job = workerData as Job;
+// In a worker thread, the job comes as workerData and the result goes back as a message; in a
+// child process (the load test's, run at the lowest priority), as MICROGPT_CLIENTS_JOB and stdout.
+const job = (parentPort === null ? JSON.parse(process.env.MICROGPT_CLIENTS_JOB ?? '{}') : workerData) as Job;
 const started = performance.now();
 const results = await Promise.all(job.seeds.map((seed) => stream(job, seed)));
-parentPort?.postMessage({ results, seconds: (performance.now() - started) / 1000 });
+const report = { results, seconds: (performance.now() - started) / 1000 };
+if (parentPort === null) process.stdout.write(JSON.stringify(report));
+else parentPort.postMessage(report);
