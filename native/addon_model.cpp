@@ -15,6 +15,7 @@
 // cache of a session is shared the same way with its requests; when the last of them drops it, it
 // goes back to the model's pool of caches, or is freed if the model is gone (kv_cache.h).
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <memory>
@@ -174,7 +175,7 @@ class LoadWorker : public Napi::AsyncWorker {
  public:
   // `tensors` point into `weights`, the copy of the caller's arrays.
   LoadWorker(Napi::Object receiver, std::shared_ptr<Handle> handle, FloatBuffer weights,
-             std::vector<const float*> tensors, Isa isa, int threads, Precision precision)
+             std::vector<const float*> tensors, Isa isa, int threads, Precision precision, bool profile)
       : Napi::AsyncWorker(receiver.Env(), "microgpt.load"),
         receiver_(Napi::Persistent(receiver)),
         deferred_(Napi::Promise::Deferred::New(receiver.Env())),
@@ -184,12 +185,13 @@ class LoadWorker : public Napi::AsyncWorker {
         tensors_(std::move(tensors)),
         isa_(isa),
         threads_(threads),
-        precision_(precision) {}
+        precision_(precision),
+        profile_(profile) {}
   Napi::Promise promise() { return deferred_.Promise(); }
 
   void Execute() override {
     try {
-      model_ = std::make_shared<Transformer>(config_, tensors_, isa_, threads_, precision_);
+      model_ = std::make_shared<Transformer>(config_, tensors_, isa_, threads_, precision_, profile_);
     } catch (const std::system_error& e) {  // a thread of the pool could not be started
       code_ = "ERR_INVALID_ARGUMENT";
       SetError("threads " + std::to_string(threads_) + ": " + e.what() +
@@ -240,6 +242,7 @@ class LoadWorker : public Napi::AsyncWorker {
   Isa isa_;
   int threads_;
   Precision precision_;
+  bool profile_;
   std::shared_ptr<Transformer> model_;
   const char* code_ = nullptr;  // the error's code, if it has one
 };
@@ -362,7 +365,10 @@ class AddonModel : public Napi::ObjectWrap<AddonModel> {
       std::memcpy(copy, a.Data(), spec.size() * sizeof(float));
       tensors[i] = copy;
     }
-    auto* worker = new LoadWorker(Value(), handle_, std::move(weights), std::move(tensors), isa_, threads_, precision_);
+    // Read here, on the main thread: getenv is not safe against process.env's setenv elsewhere.
+    const char* profile = std::getenv("MICROGPT_PROFILE");
+    auto* worker = new LoadWorker(Value(), handle_, std::move(weights), std::move(tensors), isa_, threads_, precision_,
+                                  profile != nullptr && std::string(profile) == "1");
     handle_->loading = true;
     Napi::Promise p = worker->promise();
     worker->Queue();

@@ -1,18 +1,26 @@
 #include "compute_budget.h"
 
 #include <algorithm>
+#include <thread>
+
+#if defined(__linux__)
+#include <sched.h>
+#endif
 
 namespace microgpt {
 
 ComputeBudget& ComputeBudget::process() {
-  static ComputeBudget* budget = new ComputeBudget();
+  static ComputeBudget* budget = new ComputeBudget(available_cores());
   return *budget;
 }
 
 ComputeBudget::Member::Member(ComputeBudget& budget, int threads) : budget_(budget) {
-  std::lock_guard<std::mutex> lock(budget_.mutex_);
-  budget_.members_.push_back(State{std::max(1, threads)});
-  state_ = std::prev(budget_.members_.end());
+  {
+    std::lock_guard<std::mutex> lock(budget_.mutex_);
+    budget_.members_.push_back(State{std::max(1, threads)});
+    state_ = std::prev(budget_.members_.end());
+  }
+  budget_.freed_.notify_all();  // a larger budget may let a waiter in
 }
 
 ComputeBudget::Member::~Member() {
@@ -23,8 +31,16 @@ ComputeBudget::Member::~Member() {
   budget_.freed_.notify_all();  // a smaller budget may leave a waiter nothing; a larger one never shrinks a lease
 }
 
+int ComputeBudget::available_cores() {
+#if defined(__linux__)
+  cpu_set_t set;
+  if (sched_getaffinity(0, sizeof set, &set) == 0 && CPU_COUNT(&set) > 0) return CPU_COUNT(&set);
+#endif
+  return std::max(1u, std::thread::hardware_concurrency());
+}
+
 int ComputeBudget::capacity_locked() const {
-  int capacity = 1;
+  int capacity = cores_;
   for (const Member::State& m : members_) capacity = std::max(capacity, m.threads);
   return capacity;
 }

@@ -5,8 +5,9 @@
 // = the core count never run more than that many compute threads together: without it, three
 // models of a service each ran a full pool and their spinning workers took each other's cores.
 //
-// The budget is the largest `threads` of the models alive (a model loaded with more raises it for
-// as long as it lives; by default every model asks for the available parallelism). A pass is
+// The budget is the cores this process may run on (its CPU affinity), or the largest `threads` of
+// the models alive where that is more (a model loaded with more raises it for as long as it
+// lives): models loaded with fewer threads each, to split the cores between them, all run. A pass is
 // granted min(its widest split, its model's threads, a fair share, what is free), at least one:
 // the fair share is the budget divided by the models active recently (leasing, waiting, or done
 // with a pass within kRecent), so models generating together settle on equal parts and run side
@@ -15,6 +16,7 @@
 // ThreadsSplitter, which splits a maxThreads budget between contexts the same way.
 #pragma once
 
+#include <algorithm>
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
@@ -76,21 +78,24 @@ class ComputeBudget {
   };
 
   struct Snapshot {
-    int capacity;  // the budget: the largest `threads` of the members
+    int capacity;  // the budget: the cores, or the largest `threads` of the members where more
     int in_use;    // threads leased now
     int peak;      // the most ever leased at once
     int members;
   };
   Snapshot snapshot();
 
-  // A budget of its own, for tests; models use process().
-  ComputeBudget() = default;
+  // A budget of its own over `cores`, for tests; models use process(), over available_cores().
+  explicit ComputeBudget(int cores) : cores_(std::max(1, cores)) {}
+  // The cores this process may run on: its CPU affinity where the OS tells, else the hardware's.
+  static int available_cores();
   ComputeBudget(const ComputeBudget&) = delete;
   ComputeBudget& operator=(const ComputeBudget&) = delete;
 
  private:
   int capacity_locked() const;
 
+  const int cores_;
   std::mutex mutex_;
   std::condition_variable freed_;
   std::list<Member::State> members_;

@@ -39,7 +39,7 @@ CudaStatus probe() {
   if (module == nullptr) {
     const char* error = dlerror();
     s.reason = std::string("no CUDA module (") + (error != nullptr ? error : path + ": not found") +
-               "); it is built when nvcc is found (MICROGPT_CUDA)";
+               "); it is built on linux-x64 when nvcc 11.8 or later is found (MICROGPT_CUDA)";
     return s;
   }
   // Never closed: CUDA's runtime registers exit handlers, and the devices are asked once.

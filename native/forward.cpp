@@ -1,6 +1,7 @@
 // The nanoGPT forward pass, one layer after another, for the stacked rows of a batch.
 #include "forward.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cstring>
 #include <vector>
@@ -53,9 +54,14 @@ class PhaseClock {
 
 }  // namespace
 
-int pass_width(const Config& config, const ThreadPool& pool, int rows) {
-  const double C = config.n_embd;
-  return threads_for(pool, 4.0 * rows * C * C, panel_count(4 * config.n_embd));
+int pass_width(const Config& config, const ThreadPool& pool, int rows, int out_rows, bool f16) {
+  // The widest split is the largest matmul's, as layers.cpp's matmul() counts it: c_fc (or
+  // c_proj: the same size) for every row, or lm_head for the rows whose logits are wanted.
+  const double C = config.n_embd, V = config.vocab_size, bytes = f16 ? 2 : 4;
+  const double mlp = std::max(rows * C * 4 * C, 4 * C * C * bytes / 2);
+  const double head = std::max(out_rows * C * V, C * V * bytes / 2);
+  const int panels = std::max(panel_count(4 * config.n_embd), panel_count(config.vocab_size));
+  return threads_for(pool, std::max(mlp, head), panels);
 }
 
 // Rows of all requests stacked: each layer's matmuls stream the weights once for all of them.
@@ -68,7 +74,7 @@ void forward(const Config& config, const Kernels& k, const Weights& w, ThreadPoo
   const int C = config.n_embd, B = config.block_size, V = config.vocab_size;
   // The workers the pass's widest split (its largest matmul) uses spin between the pass's ~50
   // splits instead of sleeping; the rest of the pool sleeps through it.
-  ThreadPool::Busy busy(pool, pass_width(config, pool, rows));
+  ThreadPool::Busy busy(pool, pool.width());
   float* x = s.x.data();
   float* xn = s.xn.data();
   float* qkv = s.qkv.data();

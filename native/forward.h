@@ -52,9 +52,10 @@ struct RunState {
 // pass uses it.
 RunState make_run_state(const Config& c, int threads, int max_rows, int max_batch);
 
-// The threads a pass of `rows` rows would use: its widest split, the largest matmul's (MLP's c_fc),
-// as far as the pool's width allows. The pass's lease asks for this many (transformer.cpp).
-int pass_width(const Config& config, const ThreadPool& pool, int rows);
+// The threads a pass of `rows` rows, `out_rows` of them wanting logits, would use: its widest
+// split, the largest matmul's, as far as the pool's width allows. The pass's lease asks for this
+// many (transformer.cpp), and the pass's workers spin through it for all of the lease.
+int pass_width(const Config& config, const ThreadPool& pool, int rows, int out_rows, bool f16);
 
 // One forward pass over the rows of `batch` (n requests, `rows` tokens in all, at most the
 // RunState's), writing each request's logits.

@@ -10,7 +10,7 @@
 namespace microgpt {
 
 Transformer::Transformer(const Config& config, const std::vector<const float*>& tensors, Isa isa, int threads,
-                         Precision precision, ComputeBudget& budget)
+                         Precision precision, bool profile, ComputeBudget& budget)
     : config_(config),
       kernels_(&kernels_for(isa)),
       w_(pack_weights(config, tensors, precision)),
@@ -20,9 +20,8 @@ Transformer::Transformer(const Config& config, const std::vector<const float*>& 
       cache_pool_(std::make_shared<KVCachePool>(kv_cache_bytes(config))) {
   s_ = make_run_state(config, pool_.size(), max_rows_, kMaxBatch);
   // Profiling, for the kernel lab: every pass times its steps (a clock read each).
-  const char* profile = std::getenv("MICROGPT_PROFILE");
-  s_.profile.on = profile != nullptr && std::string(profile) == "1";
-  stats_.profiled = s_.profile.on;
+  s_.profile.on = profile;
+  stats_.profiled = profile;
 }
 
 Transformer::~Transformer() { cache_pool_->close(); }
@@ -59,20 +58,27 @@ void Transformer::run(ForwardRequest* const* requests, int n) {
     first += count;
     // The pass's threads: its widest split, as far as the process's budget grants them; its
     // splits use no more (threads_for reads the pool's width).
-    pool_.set_width(pool_.size());
-    const ComputeBudget::Lease lease(budget_, pass_width(config_, pool_, rows));
-    pool_.set_width(lease.width());
-    pool_.set_linger(!lease.shared());
     // The split rule rests on the pool's barrier, measured when the model was made. Measure it
     // again at passes 1, 2, 4, 8, ...: if a busy moment spoiled the first measurement, an early
     // pass corrects it; later ones cost nothing that shows (16 empty splits, rarer and rarer).
-    // Only on a pass granted the whole pool: the measurement runs every thread.
+    // The measurement runs every thread of the pool, so it waits for a moment when the budget
+    // grants all of them (it asks for them whatever the pass wants: a barrier measured far too
+    // high keeps every pass narrow, and would never be corrected by a narrow pass's lease).
     const uint64_t number = passes_;
     if ((number & (number - 1)) == 0 && number > 0) calibration_due_ = true;
-    if (calibration_due_ && lease.width() == pool_.size()) {
-      pool_.calibrate(16);
-      calibration_due_ = false;
+    pool_.set_width(pool_.size());
+    if (calibration_due_ && pool_.size() > 1) {
+      const ComputeBudget::Lease whole(budget_, pool_.size());
+      if (whole.width() == pool_.size() && !whole.shared()) {
+        pool_.calibrate(16);
+        calibration_due_ = false;
+      }
     }
+    int out_rows = 0;
+    for (int i = 0; i < count; i++) out_rows += batch[i]->all_positions ? batch[i]->T : 1;
+    const ComputeBudget::Lease lease(budget_, pass_width(config_, pool_, rows, out_rows, w_.f16));
+    pool_.set_width(lease.width());
+    pool_.set_linger(!lease.shared());
     std::string error;
     const auto started = std::chrono::steady_clock::now();
     try {

@@ -41,8 +41,10 @@ class Transformer {
   // size() floats; copied and packed here.
   // Throws std::invalid_argument when Precision::f16 is asked of weights beyond float16's range.
   // `threads`: the most a pass uses; passes lease theirs from `budget` (compute_budget.h).
+  // `profile`: every pass times its steps (BatchStats::phase_seconds).
   Transformer(const Config& config, const std::vector<const float*>& tensors, Isa isa, int threads,
-              Precision precision = Precision::f32, ComputeBudget& budget = ComputeBudget::process());
+              Precision precision = Precision::f32, bool profile = false,
+              ComputeBudget& budget = ComputeBudget::process());
 
   ~Transformer();
   Transformer(const Transformer&) = delete;

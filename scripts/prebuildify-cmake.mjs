@@ -5,7 +5,6 @@
 // depend on the target Node version. It builds for the machine it runs on only: linux-arm64 is
 // cross-built from linux-x64 by scripts/build-cross.mjs (npm run build:prebuild:linux-arm64).
 import { spawnSync } from 'node:child_process';
-import { copyFileSync, existsSync, mkdirSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -25,13 +24,7 @@ if (args.includes('--debug')) {
 }
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 const result = spawnSync(process.execPath, [join(root, 'scripts', 'build-native.mjs')], { stdio: 'inherit' });
-if (result.status !== 0) process.exit(result.status ?? 1);
-// prebuildify takes only the .node file; the CUDA module, where one was built, goes beside it in
-// the prebuild's folder, where the addon looks for it (native/cuda_loader.cpp), stripped too.
-const cuda = join(root, 'build', 'Release', 'microgpt_cuda.so');
-if (existsSync(cuda)) {
-  const folder = join(root, 'prebuilds', `${process.platform}-${arch}`);
-  mkdirSync(folder, { recursive: true });
-  copyFileSync(cuda, join(folder, 'microgpt_cuda.so'));
-  spawnSync('strip', ['--strip-unneeded', join(folder, 'microgpt_cuda.so')], { stdio: 'inherit' });
-}
+// prebuildify then takes the .node file and the shared libraries beside it in build/Release/: the
+// CUDA module, where one was built, lands in the prebuild's folder, where the addon looks for it
+// (native/cuda_loader.cpp).
+process.exit(result.status ?? 1);

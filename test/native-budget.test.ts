@@ -1,8 +1,9 @@
 // The process's compute budget (native/compute_budget.h): the native models of a process, in every
-// thread, share one budget of compute threads, the largest `threads` among them. Models generating
-// at once split it between them, never running more threads together, and compute the same bits
-// as alone.
+// thread, share one budget of compute threads: the cores, or the largest `threads` among them where
+// more. Models generating at once split it between them, never running more threads together,
+// and compute the same bits as alone.
 import assert from 'node:assert/strict';
+import { availableParallelism } from 'node:os';
 import { describe, test } from 'node:test';
 import { loadAddon } from '../lib/backends/native/binding.js';
 import { nativeBackend, type NativeRuntime } from '../lib/backends/native/index.js';
@@ -37,39 +38,44 @@ async function trace(runtime: NativeRuntime, seed: number, steps: number): Promi
 }
 
 const models = () => addon?.computeBudget().models ?? 0;
+const cores = availableParallelism();
 
 describe('the compute budget', { skip: addon === null ? 'no native binary: the compute budget is native' : false }, () => {
   test('models generating at once share the budget, and compute what they compute alone', async (t) => {
-    const runtimes = await Promise.all([loadRuntime(2), loadRuntime(2), loadRuntime(2)]);
+    // Each may take every core: together they could run three times the budget.
+    const threads = Math.max(2, cores);
+    const runtimes = await Promise.all([loadRuntime(threads), loadRuntime(threads), loadRuntime(threads)]);
     t.after(() => runtimes.forEach((r) => r.dispose()));
     const alone: Float32Array[][] = [];
     for (let m = 0; m < runtimes.length; m++) alone.push(await trace(runtimes[m] as NativeRuntime, m, 30));
     const budget = addon?.computeBudget();
-    assert.equal(budget?.capacity, 2, 'the budget is the largest threads of the live models');
+    assert.equal(budget?.capacity, threads, 'the budget: the cores, or the largest threads of the live models');
     const together = await Promise.all(runtimes.map((r, m) => trace(r, m, 30)));
     together.forEach((rows, m) =>
       rows.forEach((row, j) => assert.deepEqual(row, (alone[m] as Float32Array[])[j], `model ${m}, logits ${j}`)),
     );
-    // Three models that each may take two threads never held more than two together.
-    assert.ok((addon?.computeBudget().peak ?? Infinity) <= 2, `peak ${addon?.computeBudget().peak} threads leased at once`);
+    // Three models that each may take all of the budget never held more than it together.
+    const peak = addon?.computeBudget().peak ?? Infinity;
+    assert.ok(peak <= threads, `peak ${peak} threads leased at once, budget ${threads}`);
     const stats = runtimes.map((r) => r.batchStats);
     assert.ok(
       stats.some((s) => s.sharedPasses > 0),
       `no pass ran on a share of the budget: ${JSON.stringify(stats)}`,
     );
-    for (const s of stats) assert.ok(s.widestLease >= 1 && s.widestLease <= 2, `widest lease ${s.widestLease}`);
+    for (const s of stats) assert.ok(s.widestLease >= 1 && s.widestLease <= threads, `widest lease ${s.widestLease}`);
   });
 
-  test('the budget is the largest threads of the models alive', async (t) => {
+  test('the budget is the cores, or the largest threads of the models alive where more', async (t) => {
     const before = models();
     const one = await loadRuntime(1);
-    const three = await loadRuntime(3);
-    t.after(() => [one, three].forEach((r) => r.dispose()));
+    assert.equal(addon?.computeBudget().capacity, cores, 'models of fewer threads than cores all run');
+    const more = await loadRuntime(cores + 1);
+    t.after(() => [one, more].forEach((r) => r.dispose()));
     assert.equal(models(), before + 2);
-    assert.equal(addon?.computeBudget().capacity, 3);
-    three.dispose();
+    assert.equal(addon?.computeBudget().capacity, cores + 1);
+    more.dispose();
     assert.equal(models(), before + 1);
-    assert.equal(addon?.computeBudget().capacity, 1, 'the model of 3 threads is gone: the budget shrinks');
+    assert.equal(addon?.computeBudget().capacity, cores, 'the model of more threads is gone: the budget shrinks');
     one.dispose();
     assert.equal(models(), before);
   });
@@ -84,7 +90,7 @@ describe('the compute budget', { skip: addon === null ? 'no native binary: the c
       (async () => {
         const { nativeBackend } = await import(${url});
         const { randomTestWeights } = await import(${helpers});
-        const model = await nativeBackend.load(${config}, randomTestWeights(${config}, 11), { threads: 5 });
+        const model = await nativeBackend.load(${config}, randomTestWeights(${config}, 11), { threads: ${cores + 3} });
         parentPort.postMessage('loaded');
         parentPort.once('message', () => { model.dispose(); parentPort.postMessage('disposed'); });
       })().catch((e) => parentPort.postMessage('error: ' + e.message));`;
@@ -98,7 +104,7 @@ describe('the compute budget', { skip: addon === null ? 'no native binary: the c
     const before = models();
     assert.equal(await next(), 'loaded');
     assert.equal(models(), before + 1, "the worker's model counts in the main thread's budget");
-    assert.equal(addon?.computeBudget().capacity, 5);
+    assert.equal(addon?.computeBudget().capacity, cores + 3);
     worker.postMessage('dispose');
     assert.equal(await next(), 'disposed');
     assert.equal(models(), before);

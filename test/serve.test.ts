@@ -496,9 +496,11 @@ describe('serve: under load (the bundled model)', () => {
   function clients(seeds: number[], maxTokens: number): Promise<{ results: { text: string; chunks: number }[]; seconds: number }> {
     return new Promise((resolve, reject) => {
       const job = JSON.stringify({ url: server.url, model: 'default', maxTokens, seeds });
+      // Killed after two minutes: a stalled stream fails the test instead of hanging it.
       const child = spawn(process.execPath, [join(ROOT, 'dist', 'test', 'serve-clients.js')], {
         env: { ...process.env, MICROGPT_CLIENTS_JOB: job },
         stdio: ['ignore', 'pipe', 'pipe'],
+        timeout: 120_000,
       });
       try {
         if (child.pid !== undefined) setPriority(child.pid, 19);
@@ -510,7 +512,15 @@ describe('serve: under load (the bundled model)', () => {
       child.stdout.on('data', (d: Buffer) => (out += d.toString()));
       child.stderr.on('data', (d: Buffer) => (err += d.toString()));
       child.once('error', reject);
-      child.once('exit', (code) => (code === 0 ? resolve(JSON.parse(out)) : reject(new Error(`clients exited with ${code}: ${err}`))));
+      // 'close', not 'exit': the output is whole only once the pipes are closed.
+      child.once('close', (code, signal) => {
+        if (code !== 0) return reject(new Error(`clients exited with ${code ?? signal}: ${err}`));
+        try {
+          resolve(JSON.parse(out));
+        } catch (error) {
+          reject(new Error(`clients wrote no result (${String(error)}): ${out.slice(0, 200)}`));
+        }
+      });
     });
   }
 

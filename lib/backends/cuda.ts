@@ -19,14 +19,19 @@ export const CUDA_ENGINE_IN_BUILD = false;
 /** The CUDA module's status (probed once a process), or null when no native binary loads. */
 export function cudaStatus(): CudaStatus | null {
   const { addon } = loadAddon();
-  return addon === null ? null : addon.cuda();
+  if (addon === null) return null;
+  // A binary built before the CUDA module (an old build/Release/ that still loads) has no cuda().
+  if (typeof addon.cuda !== 'function') {
+    return { module: null, reason: 'the native binary predates the CUDA module; rebuild it (npm run build:native)', devices: [] };
+  }
+  return addon.cuda();
 }
 
 /** Why backend 'cuda' cannot be used in this process. */
 export function cudaUnavailableReason(): string {
   const { addon, reason } = loadAddon();
   if (addon === null) return `the CUDA engine runs inside the native binary, which did not load (${reason})`;
-  const status = addon.cuda();
+  const status = cudaStatus() as CudaStatus;
   if (status.reason !== null) return status.reason;
   const devices = status.devices.filter((d) => d.usable).map((d) => `${d.name}, compute capability ${d.computeCapability}`);
   return `CUDA devices found (${devices.join('; ')}), but this build's CUDA module has no forward pass yet`;

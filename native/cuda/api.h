@@ -2,7 +2,7 @@
 // native/cuda/ when nvcc is found: CMake's MICROGPT_CUDA). The addon never links CUDA: it opens
 // the module at run time (native/cuda_loader.cpp), and the module links CUDA's static runtime, so
 // a machine needs only the NVIDIA driver. Plain C types only: the module is built by nvcc, the
-// addon by the host compiler, and either may be newer than the other; kMicrogptCudaAbi says
+// addon by the host compiler, and either may be newer than the other; MICROGPT_CUDA_ABI says
 // which version of this interface a module speaks.
 #pragma once
 

@@ -3,6 +3,7 @@
 // plus PTX, against CUDA's static runtime.
 #include <cuda_runtime.h>
 
+#include <cstdarg>
 #include <cstdio>
 #include <cstring>
 
@@ -12,8 +13,12 @@
 
 namespace {
 
-void say(char* why, int size, const char* format, int a = 0, int b = 0, int c = 0, int d = 0) {
-  if (why != nullptr && size > 0) std::snprintf(why, static_cast<size_t>(size), format, a, b, c, d);
+__attribute__((format(printf, 3, 4))) void say(char* why, int size, const char* format, ...) {
+  if (why == nullptr || size <= 0) return;
+  va_list args;
+  va_start(args, format);
+  std::vsnprintf(why, static_cast<size_t>(size), format, args);
+  va_end(args);
 }
 
 // The oldest compute capability the module's kernels are built for (sm_80, Ampere).
@@ -43,7 +48,7 @@ MICROGPT_CUDA_EXPORT int microgpt_cuda_devices(MicrogptCudaDevice* out, int max,
     return -1;
   }
   if (status != cudaSuccess) {
-    if (why != nullptr && why_size > 0) std::snprintf(why, static_cast<size_t>(why_size), "CUDA could not start: %s", cudaGetErrorString(status));
+    say(why, why_size, "CUDA could not start: %s", cudaGetErrorString(status));
     return -1;
   }
   for (int i = 0; i < count && i < max && out != nullptr; i++) {

@@ -57,10 +57,9 @@ using Logits = std::vector<float>;
 
 // Members of 1..4 threads leasing from one budget on 6 threads at once, with random wants and
 // random pass lengths: the threads leased at once never exceed the budget (the largest member's
-// threads), every lease is within its member's threads and its want, and while others are active
-// a lease is within the fair share.
+// threads), every lease is within its member's threads and its want, and some leases are shared.
 void test_compute_budget() {
-  ComputeBudget budget;
+  ComputeBudget budget(1);  // one core: the budget is the largest member's threads, 4
   constexpr int kMembers = 6, kLeases = 400;
   std::atomic<int> leased{0}, most{0}, shared{0};
   std::vector<std::thread> threads;
@@ -88,7 +87,8 @@ void test_compute_budget() {
   }
   for (auto& t : threads) t.join();
   const ComputeBudget::Snapshot s = budget.snapshot();
-  CHECK(s.in_use == 0 && s.members == 0 && s.peak <= 4 && s.peak == most.load(), "budget after: in use %d, members %d, peak %d (seen %d)",
+  // The test's own count rises after a grant and falls before a release: never above the budget's.
+  CHECK(s.in_use == 0 && s.members == 0 && s.peak <= 4 && s.peak >= most.load(), "budget after: in use %d, members %d, peak %d (seen %d)",
         s.in_use, s.members, s.peak, most.load());
   CHECK(shared.load() > 0, "no lease was shared among %d members", kMembers);
   // Alone, a member gets what it wants.
@@ -505,9 +505,12 @@ void test_models(Isa isa) {
   for (auto& t : models) t.join();
   stop = true;
   churner.join();
-  // The models shared the process's budget: never more than the widest model's 3 threads at once.
+  // The models shared the process's budget: never more than it at once (the cores, or the widest
+  // model's 3 threads where more).
   const ComputeBudget::Snapshot budget = ComputeBudget::process().snapshot();
-  CHECK(budget.peak <= 3 && budget.members == 0, "process budget: peak %d, %d members left", budget.peak, budget.members);
+  const int capacity = std::max(3, ComputeBudget::available_cores());
+  CHECK(budget.peak <= capacity && budget.members == 0, "process budget: peak %d of %d, %d members left", budget.peak,
+        capacity, budget.members);
   std::printf("models (%s): ok in %.1f s\n", isa_name(isa),
               std::chrono::duration<double>(Clock::now() - started).count());
 }
