@@ -47,11 +47,12 @@ void Transformer::run(ForwardRequest* const* requests, int n) {
   for (int first = 0; first < n;) {
     // The next requests that fit one pass, in order. A request for every position's logits runs
     // alone: its output may be block_size rows of logits, written straight to its array.
-    int count = 0, rows = 0;
+    int count = 0, rows = 0, out_rows = 0;  // out_rows: the rows whose logits are wanted
     while (first + count < n && count < kMaxBatch) {
       const ForwardRequest& r = *requests[first + count];
       if (count > 0 && (r.all_positions || requests[first]->all_positions || rows + r.T > max_rows_)) break;
       rows += r.T;
+      out_rows += r.all_positions ? r.T : 1;
       count++;
     }
     ForwardRequest* const* batch = requests + first;
@@ -74,8 +75,6 @@ void Transformer::run(ForwardRequest* const* requests, int n) {
         calibration_due_ = false;
       }
     }
-    int out_rows = 0;
-    for (int i = 0; i < count; i++) out_rows += batch[i]->all_positions ? batch[i]->T : 1;
     const ComputeBudget::Lease lease(budget_, pass_width(config_, pool_, rows, out_rows, w_.f16));
     pool_.set_width(lease.width());
     pool_.set_linger(!lease.shared());

@@ -10,7 +10,7 @@ import type { NativeRuntime } from '../lib/backends/native/index.js';
 import type { BackendName, InferenceSession, ModelRuntime } from '../lib/backends/types.js';
 import { generateSample, planGeneration, type GenerateManyOptions, type GenerationResult } from '../lib/generate.js';
 import { CharTokenizer, loadModel, MicroGPTError, readModelFile, Rng, Sampler, type Model } from '../lib/index.js';
-import { expected, fixture, maxAbsDiff } from './helpers.js';
+import { expected, fixture, maxAbsDiff, isMicroGPTError } from './helpers.js';
 
 const available = (name: BackendName) => {
   try {
@@ -258,12 +258,7 @@ describe('context options are checked', () => {
   ];
   for (const [what, options, message] of bad) {
     test(`rejects ${what}`, async () => {
-      await assert.rejects(model.generateMany('The ', options as never), (err: unknown) => {
-        assert.ok(err instanceof MicroGPTError, String(err));
-        assert.equal(err.code, 'ERR_INVALID_ARGUMENT');
-        assert.match(err.message, message);
-        return true;
-      });
+      await assert.rejects(model.generateMany('The ', options as never), isMicroGPTError('ERR_INVALID_ARGUMENT', message));
       assert.throws(() => model.stream('The ', options as never), (err: unknown) => err instanceof MicroGPTError && message.test(err.message));
     });
   }

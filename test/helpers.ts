@@ -5,6 +5,7 @@ import { fileURLToPath } from 'node:url';
 import assert from 'node:assert/strict';
 import type { ModelRuntime } from '../lib/backends/types.js';
 import type { ModelConfig } from '../lib/config.js';
+import { MicroGPTError } from '../lib/errors.js';
 import type { LayerWeights, ModelWeights } from '../lib/weights.js';
 
 /** The package root: the nearest folder above this file holding package.json (tests run from dist/test/). */
@@ -157,4 +158,14 @@ export function runChild(code: string, env: Record<string, string> = {}, flags: 
     env: { ...process.env, ...env },
   });
   return { status: r.status, stdout: r.stdout, stderr: r.stderr };
+}
+
+/** For assert.rejects/throws: the error is a MicroGPTError of `code` whose message matches `pattern`. */
+export function isMicroGPTError(code: string, pattern: RegExp): (err: unknown) => boolean {
+  return (err: unknown): boolean => {
+    assert.ok(err instanceof MicroGPTError, `expected a MicroGPTError, got ${String(err)}`);
+    assert.equal(err.code, code);
+    assert.match(err.message, pattern);
+    return true;
+  };
 }

@@ -22,13 +22,15 @@ function unavailableReason(name: BackendName): string | null {
 }
 
 const PREFERENCE: readonly BackendName[] = ['cuda', 'native', 'js'];
+/** What 'auto' considers: not CUDA until this build has its engine (CUDA_ENGINE_IN_BUILD). */
+const AUTO_PREFERENCE = PREFERENCE.filter((n) => n !== 'cuda' || CUDA_ENGINE_IN_BUILD);
 
 export function resolveBackend(choice: BackendChoice = 'auto'): Backend {
   if (!BACKEND_CHOICES.includes(choice)) {
     throw invalidArgument(`backend must be one of ${BACKEND_CHOICES.join(', ')}, got ${JSON.stringify(choice)}`);
   }
   if (choice === 'auto') {
-    const name = PREFERENCE.find((n) => (n !== 'cuda' || CUDA_ENGINE_IN_BUILD) && unavailableReason(n) === null) ?? 'js';
+    const name = AUTO_PREFERENCE.find((n) => unavailableReason(n) === null) ?? 'js';
     return backendByName(name);
   }
   const reason = unavailableReason(choice);

@@ -278,13 +278,14 @@ Reference reference(const Spec& spec, const TestWeights& w, Isa isa, int session
   return ref;
 }
 
-// One caller of Transformer::run: its sessions step together, one group (one batched run() call) per
-// step, while other callers do the same; every logit must match the reference bit for bit.
-void caller(Transformer& model, const Spec& spec, const Reference& ref, int first, int count, int steps) {
+// Sessions first..first+count-1 stepping together: a prompt, then `steps` decode steps, each step
+// one group handed to run_group(group), which runs it; every logit must match the reference bit
+// for bit. `caches[s]` is session s's cache, or null where run_group supplies the caches.
+template <typename RunGroup>
+void step_together(const Spec& spec, const Reference& ref, const char* who, int first, int count, int steps,
+                   const std::vector<KVCache*>& caches, const RunGroup& run_group) {
   const Config& c = spec.config;
   const size_t V = c.vocab_size;
-  std::vector<PooledKVCache> caches;
-  for (int s = 0; s < count; s++) caches.push_back(model.kv_cache());
   std::vector<int> lengths(count, 0);
   std::vector<Logits> logits(count, Logits(V));
   for (int j = 0; j <= steps; j++) {
@@ -294,17 +295,30 @@ void caller(Transformer& model, const Spec& spec, const Reference& ref, int firs
     requests.reserve(count);
     for (int s = 0; s < count; s++) {
       ids[s] = j == 0 ? prompt_of(c, first + s) : std::vector<int>{token_at(c, first + s, j)};
-      requests.push_back(request(caches[s].get(), lengths[s], ids[s], logits[s].data(), false));
+      requests.push_back(request(caches[s], lengths[s], ids[s], logits[s].data(), false));
       group.push_back(&requests.back());
     }
-    model.run(group.data(), count);
+    run_group(group);
     for (int s = 0; s < count; s++) {
       CHECK(requests[s].error.empty(), "request failed: %s", requests[s].error.c_str());
       CHECK(same_bits(logits[s].data(), ref.steps[first + s][j].data(), V),
-            "%s: session %d, step %d: batched logits differ from the one-at-a-time reference", spec.name, first + s, j);
+            "%s: %s session %d, step %d: logits differ from the one-at-a-time reference", spec.name, who, first + s, j);
       lengths[s] += static_cast<int>(ids[s].size());
     }
   }
+}
+
+// One caller of Transformer::run: its sessions step together, one group (one batched run() call) per
+// step, while other callers do the same.
+void caller(Transformer& model, const Spec& spec, const Reference& ref, int first, int count, int steps) {
+  std::vector<PooledKVCache> owned;
+  std::vector<KVCache*> caches;
+  for (int s = 0; s < count; s++) {
+    owned.push_back(model.kv_cache());
+    caches.push_back(owned.back().get());
+  }
+  step_together(spec, ref, "batched", first, count, steps, caches,
+                [&](std::vector<ForwardRequest*>& group) { model.run(group.data(), static_cast<int>(group.size())); });
   // The caches go back to the pool here, on this thread.
 }
 
@@ -387,29 +401,9 @@ class MiniEngine {
 };
 
 void engine_client(MiniEngine& engine, const Spec& spec, const Reference& ref, int first, int count, int steps) {
-  const Config& c = spec.config;
-  const size_t V = c.vocab_size;
-  std::vector<PooledKVCache> caches(count);
-  std::vector<int> lengths(count, 0);
-  std::vector<Logits> logits(count, Logits(V));
-  for (int j = 0; j <= steps; j++) {
-    std::vector<std::vector<int>> ids(count);
-    std::vector<ForwardRequest> requests;
-    std::vector<ForwardRequest*> group;
-    requests.reserve(count);
-    for (int s = 0; s < count; s++) {
-      ids[s] = j == 0 ? prompt_of(c, first + s) : std::vector<int>{token_at(c, first + s, j)};
-      requests.push_back(request(nullptr, lengths[s], ids[s], logits[s].data(), false));
-      group.push_back(&requests.back());
-    }
-    engine.submit_and_wait(group, &caches);
-    for (int s = 0; s < count; s++) {
-      CHECK(requests[s].error.empty(), "request failed: %s", requests[s].error.c_str());
-      CHECK(same_bits(logits[s].data(), ref.steps[first + s][j].data(), V),
-            "%s: engine session %d, step %d: logits differ from the reference", spec.name, first + s, j);
-      lengths[s] += static_cast<int>(ids[s].size());
-    }
-  }
+  std::vector<PooledKVCache> caches(count);  // taken by the engine thread at the first step
+  step_together(spec, ref, "engine", first, count, steps, std::vector<KVCache*>(count, nullptr),
+                [&](std::vector<ForwardRequest*>& group) { engine.submit_and_wait(group, &caches); });
 }
 
 constexpr int kCallers = 3;
