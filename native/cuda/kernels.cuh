@@ -1,0 +1,345 @@
+// The CUDA engine's kernels: one per step of the forward pass, each with the meaning of the CPU
+// engine's scalar reference (native/kernels_ref.cpp), float32 arithmetic throughout. Weights are
+// float32 or float16 (W = float or uint16_t bits, widened on load); activations are float32.
+//
+// The kernels are written against compat.h only, so that they also build for the emulator and
+// are tested on machines without a GPU (test/cuda-emulated.test.ts), and again on a GPU
+// (test/cuda-engine.test.ts).
+//
+// Where a pass's rows, positions and caches come from: a pass uploads one small table (the
+// engine's PassTable: ids, positions, each row's cache, attention tiles, the rows whose logits
+// are wanted) and the kernels read it, so that a decode step's launches do not change from one
+// step to the next and can be replayed from a CUDA graph.
+#pragma once
+
+#include "compat.h"
+
+namespace mgcuda {
+
+constexpr int kWarp = 32;
+
+enum class Epilogue : int { store = 0, gelu = 1, residual = 2 };
+
+// Exact GELU, the erf form (nanoGPT's nn.GELU()).
+__device__ __forceinline__ float gelu(float x) { return 0.5f * x * (1.0f + erff(x * 0.70710678118654752440f)); }
+
+__device__ __forceinline__ float widen(float w) { return w; }
+__device__ __forceinline__ float widen(uint16_t w) { return mg_half_to_float(w); }
+
+template <Epilogue E>
+__device__ __forceinline__ void store(float* dst, float v) {
+  if (E == Epilogue::store) *dst = v;
+  if (E == Epilogue::gelu) *dst = gelu(v);
+  if (E == Epilogue::residual) *dst += v;
+}
+
+// Four consecutive weights, widened (16-byte reads of float32, 8-byte of float16: k % 4 == 0).
+__device__ __forceinline__ void load4(const float* p, float* out) {
+  const float4 v = *reinterpret_cast<const float4*>(p);
+  out[0] = v.x, out[1] = v.y, out[2] = v.z, out[3] = v.w;
+}
+__device__ __forceinline__ void load4(const uint16_t* p, float* out) {
+  const uint2 v = *reinterpret_cast<const uint2*>(p);
+  out[0] = mg_half_to_float(static_cast<uint16_t>(v.x & 0xffffu));
+  out[1] = mg_half_to_float(static_cast<uint16_t>(v.x >> 16));
+  out[2] = mg_half_to_float(static_cast<uint16_t>(v.y & 0xffffu));
+  out[3] = mg_half_to_float(static_cast<uint16_t>(v.y >> 16));
+}
+
+__device__ __forceinline__ float warp_sum(float v) {
+  for (int m = kWarp / 2; m > 0; m /= 2) v += mg_shfl_xor(v, m);
+  return v;
+}
+__device__ __forceinline__ float warp_max(float v) {
+  for (int m = kWarp / 2; m > 0; m /= 2) v = fmaxf(v, mg_shfl_xor(v, m));
+  return v;
+}
+
+// The sum of every thread's v, returned to all (blockDim.x a multiple of 32, at most 1024).
+// `scratch`: 32 floats of shared memory, free again when this returns.
+__device__ __forceinline__ float block_sum(float v, float* scratch) {
+  const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp, warps = blockDim.x / kWarp;
+  v = warp_sum(v);
+  if (lane == 0) scratch[warp] = v;
+  __syncthreads();
+  if (warp == 0) {
+    float t = lane < warps ? scratch[lane] : 0.0f;
+    t = warp_sum(t);
+    if (lane == 0) scratch[0] = t;
+  }
+  __syncthreads();
+  const float total = scratch[0];
+  __syncthreads();
+  return total;
+}
+
+// ---- embedding ------------------------------------------------------------------------------
+
+// x (rows, C): x[r] = wte[ids[r]] + wpe[pos[r]]. Grid: rows; any block size.
+template <typename W>
+__global__ void embedding_kernel(float* __restrict__ x, const int* __restrict__ ids, const int* __restrict__ pos,
+                                 const W* __restrict__ wte, const float* __restrict__ wpe, int C) {
+  const int r = blockIdx.x;
+  const W* te = wte + static_cast<size_t>(ids[r]) * C;
+  const float* pe = wpe + static_cast<size_t>(pos[r]) * C;
+  float* out = x + static_cast<size_t>(r) * C;
+  for (int c = threadIdx.x; c < C; c += blockDim.x) out[c] = widen(te[c]) + pe[c];
+}
+
+// ---- LayerNorm ------------------------------------------------------------------------------
+
+// out (rows, C) = LayerNorm(x[source row]) * w + b, eps 1e-5, the variance of the deviations
+// (two passes, as PyTorch). Row r of out is row `rows_from ? rows_from[r] : r` of x. Grid: rows;
+// block a multiple of 32.
+__global__ void layernorm_kernel(float* __restrict__ out, const float* __restrict__ x, const int* __restrict__ rows_from,
+                                 const float* __restrict__ w, const float* __restrict__ b, int C) {
+  MG_SHARED float scratch[kWarp];
+  const int r = blockIdx.x;
+  const float* xr = x + static_cast<size_t>(rows_from != nullptr ? rows_from[r] : r) * C;
+  float* o = out + static_cast<size_t>(r) * C;
+  float s = 0;
+  for (int c = threadIdx.x; c < C; c += blockDim.x) s += xr[c];
+  const float mean = block_sum(s, scratch) / C;
+  float v = 0;
+  for (int c = threadIdx.x; c < C; c += blockDim.x) {
+    const float d = xr[c] - mean;
+    v += d * d;
+  }
+  const float var = block_sum(v, scratch) / C;
+  const float rstd = 1.0f / sqrtf(var + 1e-5f);
+  for (int c = threadIdx.x; c < C; c += blockDim.x) {
+    o[c] = (xr[c] - mean) * rstd * w[c] + (b != nullptr ? b[c] : 0.0f);
+  }
+}
+
+// ---- matrix products: out (T, N) = epilogue(x (T, K) · W^T + b), W (N, K) as PyTorch keeps it --
+
+// Few rows (decode steps, small batches): a warp per output feature, reading its weight row once
+// for all T <= R rows, lanes striding over k (4 at a time where K allows), then summing across the
+// warp. Memory-bound on W: every weight is read once, coalesced. Grid: ceil(N / warps per block).
+template <int R, Epilogue E, typename W>
+__global__ void matmul_rows_kernel(float* __restrict__ out, const float* __restrict__ x, const W* __restrict__ w,
+                                   const float* __restrict__ b, int T, int K, int N) {
+  const int lane = threadIdx.x % kWarp;
+  const int n = blockIdx.x * (blockDim.x / kWarp) + threadIdx.x / kWarp;
+  if (n >= N) return;  // a whole warp leaves: no shuffle is left waiting
+  const W* wn = w + static_cast<size_t>(n) * K;
+  float acc[R];
+#pragma unroll
+  for (int r = 0; r < R; r++) acc[r] = 0.0f;
+  int k = 0;
+  if (K % 4 == 0) {
+    for (k = lane * 4; k < K; k += kWarp * 4) {
+      float wv[4];
+      load4(wn + k, wv);
+#pragma unroll
+      for (int r = 0; r < R; r++) {
+        if (r < T) {
+          const float4 xv = *reinterpret_cast<const float4*>(x + static_cast<size_t>(r) * K + k);
+          acc[r] += xv.x * wv[0] + xv.y * wv[1] + xv.z * wv[2] + xv.w * wv[3];
+        }
+      }
+    }
+  } else {
+    for (k = lane; k < K; k += kWarp) {
+      const float wv = widen(wn[k]);
+#pragma unroll
+      for (int r = 0; r < R; r++) {
+        if (r < T) acc[r] += x[static_cast<size_t>(r) * K + k] * wv;
+      }
+    }
+  }
+  const float bias = b != nullptr ? b[n] : 0.0f;
+#pragma unroll
+  for (int r = 0; r < R; r++) {
+    const float total = warp_sum(acc[r]);
+    if (lane == 0 && r < T) store<E>(out + static_cast<size_t>(r) * N + n, total + bias);
+  }
+}
+
+// Many rows (prefill): 64 x 64 output tiles, k in steps of 16 through shared memory, each of
+// 256 threads accumulating a 4 x 4 block. Grid: (ceil(N / 64), ceil(T / 64)); block 256.
+constexpr int kTileM = 64, kTileN = 64, kTileK = 16;
+template <Epilogue E, typename W>
+__global__ void matmul_tiled_kernel(float* __restrict__ out, const float* __restrict__ x, const W* __restrict__ w,
+                                    const float* __restrict__ b, int T, int K, int N) {
+  // Transposed tiles ([k][m], [k][n]): a thread's 4 consecutive m (or n) are one 16-byte read.
+  MG_SHARED float xs[kTileK][kTileM + 4];
+  MG_SHARED float ws[kTileK][kTileN + 4];
+  const int tid = threadIdx.x;
+  const int m0 = blockIdx.y * kTileM, n0 = blockIdx.x * kTileN;
+  const int tm = (tid / 16) * 4, tn = (tid % 16) * 4;
+  float acc[4][4];
+#pragma unroll
+  for (int i = 0; i < 4; i++)
+#pragma unroll
+    for (int j = 0; j < 4; j++) acc[i][j] = 0.0f;
+  for (int k0 = 0; k0 < K; k0 += kTileK) {
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+      const int e = tid + i * 256;  // 1,024 elements of each tile, 16 consecutive k of a row together
+      const int row = e / kTileK, kk = e % kTileK, gk = k0 + kk;
+      const int gm = m0 + row, gn = n0 + row;
+      xs[kk][row] = gm < T && gk < K ? x[static_cast<size_t>(gm) * K + gk] : 0.0f;
+      ws[kk][row] = gn < N && gk < K ? widen(w[static_cast<size_t>(gn) * K + gk]) : 0.0f;
+    }
+    __syncthreads();
+#pragma unroll
+    for (int kk = 0; kk < kTileK; kk++) {
+      float a[4], c[4];
+#pragma unroll
+      for (int i = 0; i < 4; i++) {
+        a[i] = xs[kk][tm + i];
+        c[i] = ws[kk][tn + i];
+      }
+#pragma unroll
+      for (int i = 0; i < 4; i++)
+#pragma unroll
+        for (int j = 0; j < 4; j++) acc[i][j] += a[i] * c[j];
+    }
+    __syncthreads();
+  }
+#pragma unroll
+  for (int i = 0; i < 4; i++) {
+    const int gm = m0 + tm + i;
+    if (gm >= T) continue;
+#pragma unroll
+    for (int j = 0; j < 4; j++) {
+      const int gn = n0 + tn + j;
+      if (gn < N) store<E>(out + static_cast<size_t>(gm) * N + gn, acc[i][j] + (b != nullptr ? b[gn] : 0.0f));
+    }
+  }
+}
+
+// ---- attention ------------------------------------------------------------------------------
+
+// A KV cache on the device: keys (n_layer, block_size, C), then values (n_layer, block_size, C).
+// A run of consecutive rows of one sequence that one attention block computes: rows [row, row +
+// rows) of the pass, at positions pos..pos+rows-1 of `cache`.
+struct AttentionTile {
+  float* cache;
+  int row;
+  int rows;
+  int pos;
+  int pad_;
+};
+
+// Writes the new rows' keys and values (from qkv (rows, 3C)) into their caches at layer `layer`.
+// Grid: rows; any block size.
+__global__ void kv_store_kernel(const float* __restrict__ qkv, float* const* __restrict__ row_cache,
+                                const int* __restrict__ pos, int layer, int C, int block_size, int n_layer) {
+  const int r = blockIdx.x;
+  const size_t plane = static_cast<size_t>(n_layer) * block_size * C;  // keys, then values
+  float* keys = row_cache[r] + (static_cast<size_t>(layer) * block_size + pos[r]) * C;
+  float* values = keys + plane;
+  const float* src = qkv + static_cast<size_t>(r) * 3 * C;
+  for (int c = threadIdx.x; c < C; c += blockDim.x) {
+    keys[c] = src[C + c];
+    values[c] = src[2 * C + c];
+  }
+}
+
+// Shared memory of attention_kernel<Q> for a model: Q query rows, their scores against every
+// position, and one partial sum a thread.
+inline size_t attention_smem_bytes(int Q, int head_size, int block_size, int threads) {
+  return sizeof(float) * (static_cast<size_t>(Q) * head_size + static_cast<size_t>(Q) * block_size + Q + threads);
+}
+
+// Causal attention of one tile (at most Q rows of one sequence) for one head: scores of each row
+// against positions 0..its own, an exact softmax (max subtracted, as the reference), then the
+// weighted sum of values. Grid: (tiles, n_head); block `threads` (a multiple of 32); dynamic
+// shared memory attention_smem_bytes(Q, hs, block_size, threads).
+template <int Q>
+__global__ void attention_kernel(float* __restrict__ att, const float* __restrict__ qkv,
+                                 const AttentionTile* __restrict__ tiles, int layer, int C, int n_head, int block_size,
+                                 int n_layer) {
+  MG_DYNAMIC_SHARED(float, smem);
+  const AttentionTile tile = tiles[blockIdx.x];
+  const int h = blockIdx.y, hs = C / n_head;
+  const int tid = threadIdx.x, threads = blockDim.x;
+  const int lane = tid % kWarp, warp = tid / kWarp, warps = threads / kWarp;
+  float* q = smem;                                        // (Q, hs)
+  float* scores = q + Q * hs;                             // (Q, block_size)
+  float* inv_sum = scores + static_cast<size_t>(Q) * block_size;  // (Q)
+  float* partial = inv_sum + Q;                           // (threads)
+  const int rows = tile.rows;
+  const int n_keys = tile.pos + rows;  // the last row sees positions 0..pos+rows-1
+  const size_t plane = static_cast<size_t>(n_layer) * block_size * C;
+  const float* keys = tile.cache + static_cast<size_t>(layer) * block_size * C + h * hs;
+  const float* values = keys + plane;
+  const float scale = 1.0f / sqrtf(static_cast<float>(hs));
+
+  for (int i = tid; i < rows * hs; i += threads) {
+    const int r = i / hs, d = i % hs;
+    q[i] = qkv[static_cast<size_t>(tile.row + r) * 3 * C + h * hs + d];
+  }
+  __syncthreads();
+
+  // Scores: a thread a (row, position), positions consecutive across threads.
+  for (int i = tid; i < rows * n_keys; i += threads) {
+    const int r = i / n_keys, j = i % n_keys;
+    if (j > tile.pos + r) continue;  // beyond the row's own position: never read
+    const float* qr = q + r * hs;
+    const float* kj = keys + static_cast<size_t>(j) * C;
+    float dot = 0.0f;
+    if (hs % 4 == 0 && C % 4 == 0) {
+      for (int d = 0; d < hs; d += 4) {
+        const float4 kv = *reinterpret_cast<const float4*>(kj + d);
+        dot += qr[d] * kv.x + qr[d + 1] * kv.y + qr[d + 2] * kv.z + qr[d + 3] * kv.w;
+      }
+    } else {
+      for (int d = 0; d < hs; d++) dot += qr[d] * kj[d];
+    }
+    scores[static_cast<size_t>(r) * block_size + j] = dot * scale;
+  }
+  __syncthreads();
+
+  // Softmax: a warp a row.
+  for (int r = warp; r < rows; r += warps) {
+    float* s = scores + static_cast<size_t>(r) * block_size;
+    const int n = tile.pos + r + 1;
+    float max = -INFINITY;
+    for (int j = lane; j < n; j += kWarp) max = fmaxf(max, s[j]);
+    max = warp_max(max);
+    float sum = 0.0f;
+    for (int j = lane; j < n; j += kWarp) {
+      const float e = expf(s[j] - max);
+      s[j] = e;
+      sum += e;
+    }
+    sum = warp_sum(sum);
+    if (lane == 0) inv_sum[r] = 1.0f / sum;
+  }
+  __syncthreads();
+
+  // Output: (row, d) pairs across threads, d consecutive (coalesced value reads); with fewer
+  // pairs than threads, `groups` threads share a pair, each summing every groups-th position.
+  const int pairs = rows * hs;
+  const int groups = pairs >= threads ? 1 : threads / pairs;
+  for (int base = 0; base < pairs; base += threads) {
+    const int i = base + tid % (groups == 1 ? threads : pairs);
+    const int g = groups == 1 ? 0 : tid / pairs;
+    float acc = 0.0f;
+    const bool active = i < pairs && g < groups;
+    if (active) {
+      const int r = i / hs, d = i % hs;
+      const int n = tile.pos + r + 1;
+      const float* s = scores + static_cast<size_t>(r) * block_size;
+      for (int j = g; j < n; j += groups) acc += s[j] * values[static_cast<size_t>(j) * C + d];
+    }
+    if (groups > 1) {
+      partial[tid] = acc;
+      __syncthreads();
+      if (g == 0 && active) {
+        for (int o = 1; o < groups; o++) acc += partial[o * pairs + tid];
+      }
+      __syncthreads();
+    }
+    if (active && g == 0) {
+      const int r = i / hs, d = i % hs;
+      att[static_cast<size_t>(tile.row + r) * C + h * hs + d] = acc * inv_sum[r];
+    }
+  }
+}
+
+}  // namespace mgcuda
