@@ -684,6 +684,9 @@ MICROGPT_CUDA_EXPORT MicrogptCudaModel* microgpt_cuda_model_create(int device, c
     }
     m->lnf_w = f32();
     m->lnf_b = bias();
+    // The uploads ran on the legacy stream, which the model's own (non-blocking) stream does not
+    // wait for: done before any pass.
+    check(cudaDeviceSynchronize(), "uploading the weights");
 
     m->x = DeviceBuffer(row_bytes);
     m->xn = DeviceBuffer(row_bytes);
@@ -817,12 +820,15 @@ struct TestScope {
   ~TestScope() {
     if (stream != nullptr) cudaStreamDestroy(stream);
   }
+  // Copies in the test's stream, so its kernels see them (a plain cudaMemcpy runs on the legacy
+  // stream, which a non-blocking stream does not wait for).
   template <typename T>
   T* up(const T* host, size_t count) {
     if (host == nullptr) return nullptr;
     buffers.emplace_back(sizeof(T) * std::max<size_t>(count, 1));
     T* d = buffers.back().as<T>();
-    check(cudaMemcpy(d, host, sizeof(T) * count, cudaMemcpyHostToDevice), "cudaMemcpy");
+    check(cudaMemcpyAsync(d, host, sizeof(T) * count, cudaMemcpyHostToDevice, stream), "cudaMemcpyAsync");
+    check(cudaStreamSynchronize(stream), "cudaMemcpyAsync");  // the source may be a temporary
     return d;
   }
   template <typename T>
@@ -936,8 +942,10 @@ MICROGPT_CUDA_EXPORT int microgpt_cuda_test_attention(int device, float* out, co
     const size_t plane = static_cast<size_t>(block_size) * C;
     float* cache = s.scratch<float>(2 * plane);
     if (start > 0) {
-      check(cudaMemcpy(cache, keys, sizeof(float) * start * C, cudaMemcpyHostToDevice), "cudaMemcpy");
-      check(cudaMemcpy(cache + plane, values, sizeof(float) * start * C, cudaMemcpyHostToDevice), "cudaMemcpy");
+      check(cudaMemcpyAsync(cache, keys, sizeof(float) * start * C, cudaMemcpyHostToDevice, s.stream), "cudaMemcpyAsync");
+      check(cudaMemcpyAsync(cache + plane, values, sizeof(float) * start * C, cudaMemcpyHostToDevice, s.stream),
+            "cudaMemcpyAsync");
+      check(cudaStreamSynchronize(s.stream), "cudaMemcpyAsync");
     }
     std::vector<int> pos(T);
     std::vector<float*> row_cache(T, cache);
