@@ -202,7 +202,11 @@ void launch_matmul(cudaStream_t stream, float* out, const float* x, Matrix w, co
 }
 
 constexpr int kNormThreads = 256;
+// Attention blocks: a prefill's tile of query rows keeps 256 threads busy; a decode step's one
+// row has few (row, dimension) pairs, so more threads split its positions (latency-bound loads).
 constexpr int kAttentionThreads = 256;
+constexpr int kDecodeAttentionThreads = 512;
+int attention_threads(int Q) { return Q == 1 ? kDecodeAttentionThreads : kAttentionThreads; }
 
 void launch_layernorm(cudaStream_t stream, float* out, const float* x, const int* rows_from, const float* w,
                       const float* b, int rows, int C) {
@@ -225,7 +229,7 @@ void launch_embedding(cudaStream_t stream, float* x, const int* ids, const int* 
 // the device's shared memory for a block (a decode step's tiles are one row each).
 int prefill_tile_rows(int head_size, int block_size, int smem_limit) {
   for (int q = 16; q > 1; q /= 2) {
-    if (mgcuda::attention_smem_bytes(q, head_size, block_size, kAttentionThreads) <= static_cast<size_t>(smem_limit)) return q;
+    if (mgcuda::attention_smem_bytes(q, head_size, block_size, attention_threads(q)) <= static_cast<size_t>(smem_limit)) return q;
   }
   return 1;
 }
@@ -247,8 +251,8 @@ void prepare_kernels(int smem_limit) {
 
 void launch_attention(cudaStream_t stream, int Q, float* att, const float* qkv, const AttentionTile* tiles, int n_tiles,
                       int layer, int C, int n_head, int block_size, int n_layer) {
-  const size_t smem = mgcuda::attention_smem_bytes(Q, C / n_head, block_size, kAttentionThreads);
-  const dim3 grid(n_tiles, n_head), block(kAttentionThreads);
+  const size_t smem = mgcuda::attention_smem_bytes(Q, C / n_head, block_size, attention_threads(Q));
+  const dim3 grid(n_tiles, n_head), block(attention_threads(Q));
   void (*kernel)(float*, const float*, const AttentionTile*, int, int, int, int, int) =
       Q == 1 ? mgcuda::attention_kernel<1>
       : Q == 2 ? mgcuda::attention_kernel<2>
@@ -706,7 +710,7 @@ MICROGPT_CUDA_EXPORT MicrogptCudaModel* microgpt_cuda_model_create(int device, c
     }
     const int smem = shared_memory_limit(device);
     const int hs = c.n_embd / c.n_head;
-    if (mgcuda::attention_smem_bytes(1, hs, c.block_size, kAttentionThreads) > static_cast<size_t>(smem)) {
+    if (mgcuda::attention_smem_bytes(1, hs, c.block_size, attention_threads(1)) > static_cast<size_t>(smem)) {
       say(why, why_size, "blockSize " + std::to_string(c.block_size) + " needs more shared memory than this device has");
       return nullptr;
     }
@@ -934,7 +938,7 @@ MICROGPT_CUDA_EXPORT int microgpt_cuda_test_attention(int device, float* out, co
     TestScope s(device);
     const int smem = shared_memory_limit(device);
     const int hs = C / n_head;
-    if (mgcuda::attention_smem_bytes(1, hs, block_size, kAttentionThreads) > static_cast<size_t>(smem)) {
+    if (mgcuda::attention_smem_bytes(1, hs, block_size, attention_threads(1)) > static_cast<size_t>(smem)) {
       throw CudaFailure{cudaErrorInvalidValue, "shared memory for this block_size"};
     }
     prepare_kernels(smem);

@@ -239,10 +239,11 @@ __global__ void kv_store_kernel(const float* __restrict__ qkv, float* const* __r
   }
 }
 
-// Shared memory of attention_kernel<Q> for a model: Q query rows, their scores against every
-// position, and one partial sum a thread.
+// Shared memory of attention_kernel<Q> for a model: Q query rows and their scores against every
+// position (both rows padded by one float, so that threads reading the same column of different
+// rows hit different banks), and one partial sum a thread.
 inline size_t attention_smem_bytes(int Q, int head_size, int block_size, int threads) {
-  return sizeof(float) * (static_cast<size_t>(Q) * head_size + static_cast<size_t>(Q) * block_size + Q + threads);
+  return sizeof(float) * (static_cast<size_t>(Q) * (head_size + 1) + static_cast<size_t>(Q) * (block_size + 1) + Q + threads);
 }
 
 // Causal attention of one tile (at most Q rows of one sequence) for one head: scores of each row
@@ -258,10 +259,11 @@ __global__ void attention_kernel(float* __restrict__ att, const float* __restric
   const int h = blockIdx.y, hs = C / n_head;
   const int tid = threadIdx.x, threads = blockDim.x;
   const int lane = tid % kWarp, warp = tid / kWarp, warps = threads / kWarp;
-  float* q = smem;                                        // (Q, hs)
-  float* scores = q + Q * hs;                             // (Q, block_size)
-  float* inv_sum = scores + static_cast<size_t>(Q) * block_size;  // (Q)
-  float* partial = inv_sum + Q;                           // (threads)
+  const int q_stride = hs + 1, s_stride = block_size + 1;
+  float* q = smem;                                            // (Q, hs + 1)
+  float* scores = q + Q * q_stride;                           // (Q, block_size + 1)
+  float* inv_sum = scores + static_cast<size_t>(Q) * s_stride;  // (Q)
+  float* partial = inv_sum + Q;                               // (threads)
   const int rows = tile.rows;
   const int n_keys = tile.pos + rows;  // the last row sees positions 0..pos+rows-1
   const size_t plane = static_cast<size_t>(n_layer) * block_size * C;
@@ -271,15 +273,16 @@ __global__ void attention_kernel(float* __restrict__ att, const float* __restric
 
   for (int i = tid; i < rows * hs; i += threads) {
     const int r = i / hs, d = i % hs;
-    q[i] = qkv[static_cast<size_t>(tile.row + r) * 3 * C + h * hs + d];
+    q[r * q_stride + d] = qkv[static_cast<size_t>(tile.row + r) * 3 * C + h * hs + d];
   }
   __syncthreads();
 
-  // Scores: a thread a (row, position), positions consecutive across threads.
+  // Scores: a thread a (row, position), rows fastest, so the threads of a warp that share a
+  // position read its key once.
   for (int i = tid; i < rows * n_keys; i += threads) {
-    const int r = i / n_keys, j = i % n_keys;
+    const int r = i % rows, j = i / rows;
     if (j > tile.pos + r) continue;  // beyond the row's own position: never read
-    const float* qr = q + r * hs;
+    const float* qr = q + r * q_stride;
     const float* kj = keys + static_cast<size_t>(j) * C;
     float dot = 0.0f;
     if (hs % 4 == 0 && C % 4 == 0) {
@@ -290,13 +293,13 @@ __global__ void attention_kernel(float* __restrict__ att, const float* __restric
     } else {
       for (int d = 0; d < hs; d++) dot += qr[d] * kj[d];
     }
-    scores[static_cast<size_t>(r) * block_size + j] = dot * scale;
+    scores[static_cast<size_t>(r) * s_stride + j] = dot * scale;
   }
   __syncthreads();
 
   // Softmax: a warp a row.
   for (int r = warp; r < rows; r += warps) {
-    float* s = scores + static_cast<size_t>(r) * block_size;
+    float* s = scores + static_cast<size_t>(r) * s_stride;
     const int n = tile.pos + r + 1;
     float max = -INFINITY;
     for (int j = lane; j < n; j += kWarp) max = fmaxf(max, s[j]);
@@ -324,7 +327,9 @@ __global__ void attention_kernel(float* __restrict__ att, const float* __restric
     if (active) {
       const int r = i / hs, d = i % hs;
       const int n = tile.pos + r + 1;
-      const float* s = scores + static_cast<size_t>(r) * block_size;
+      const float* s = scores + static_cast<size_t>(r) * s_stride;
+      // Unrolled: each load is independent of the sum, so several are in flight at once.
+#pragma unroll 8
       for (int j = g; j < n; j += groups) acc += s[j] * values[static_cast<size_t>(j) * C + d];
     }
     if (groups > 1) {
