@@ -100,6 +100,8 @@ void Engine::run(std::vector<Group>& groups) {
         ready.push_back(&e->request);
       } catch (const std::bad_alloc&) {
         e->error = "out of memory in the native engine's forward pass";
+      } catch (const std::exception& ex) {  // a CUDA model's cache: out of device memory
+        e->error = ex.what();
       }
     }
   }

@@ -1,7 +1,8 @@
 // The Model and Session classes JavaScript sees (AddonModel, AddonSession here and in
-// binding.ts). The weights are copied on the main thread and packed on a Napi::AsyncWorker; every
-// forward pass runs on the model's Engine (addon_engine.h), a thread of its own, and settles a
-// Promise: the event loop never waits for a kernel.
+// binding.ts). The weights are copied on the main thread and packed on a Napi::AsyncWorker (or,
+// for a model given a CUDA device, uploaded there: cuda_model.h); every forward pass runs on the
+// model's Engine (addon_engine.h), a thread of its own, and settles a Promise: the event loop
+// never waits for a kernel.
 //
 // Batching: each call queues a group of requests (Model.appendMany: one per session; a plain
 // append or forward: one), and the engine runs everything queued by the time it is free through
@@ -26,6 +27,7 @@
 
 #include "addon.h"
 #include "addon_engine.h"
+#include "cuda_loader.h"
 #include "transformer.h"
 
 namespace microgpt {
@@ -173,9 +175,11 @@ std::vector<int> token_ids(Napi::Value value, int max_length, int vocab_size, in
 
 class LoadWorker : public Napi::AsyncWorker {
  public:
-  // `tensors` point into `weights`, the copy of the caller's arrays.
+  // `tensors` point into `weights`, the copy of the caller's arrays. `cuda`: the CUDA engine's
+  // model on cuda->device, else (null) the CPU engine's.
   LoadWorker(Napi::Object receiver, std::shared_ptr<Handle> handle, FloatBuffer weights,
-             std::vector<const float*> tensors, Isa isa, int threads, Precision precision, bool profile)
+             std::vector<const float*> tensors, Isa isa, int threads, Precision precision, bool profile,
+             std::unique_ptr<CudaOptions> cuda)
       : Napi::AsyncWorker(receiver.Env(), "microgpt.load"),
         receiver_(Napi::Persistent(receiver)),
         deferred_(Napi::Promise::Deferred::New(receiver.Env())),
@@ -186,12 +190,21 @@ class LoadWorker : public Napi::AsyncWorker {
         isa_(isa),
         threads_(threads),
         precision_(precision),
-        profile_(profile) {}
+        profile_(profile),
+        cuda_(std::move(cuda)) {}
   Napi::Promise promise() { return deferred_.Promise(); }
 
   void Execute() override {
     try {
-      model_ = std::make_shared<Transformer>(config_, tensors_, isa_, threads_, precision_, profile_);
+      if (cuda_) {
+        // Checked on the main thread (cuda_device_problem): the module is there and usable.
+        model_ = std::make_shared<Transformer>(config_, tensors_, *cuda_status().api, *cuda_, precision_);
+      } else {
+        model_ = std::make_shared<Transformer>(config_, tensors_, isa_, threads_, precision_, profile_);
+      }
+    } catch (const CudaLoadError& e) {  // out of device memory, or the module refused the model
+      code_ = "ERR_BACKEND_UNAVAILABLE";
+      SetError(e.what());
     } catch (const std::system_error& e) {  // a thread of the pool could not be started
       code_ = "ERR_INVALID_ARGUMENT";
       SetError("threads " + std::to_string(threads_) + ": " + e.what() +
@@ -243,6 +256,7 @@ class LoadWorker : public Napi::AsyncWorker {
   int threads_;
   Precision precision_;
   bool profile_;
+  std::unique_ptr<CudaOptions> cuda_;
   std::shared_ptr<Transformer> model_;
   const char* code_ = nullptr;  // the error's code, if it has one
 };
@@ -261,10 +275,12 @@ class AddonModel : public Napi::ObjectWrap<AddonModel> {
                         InstanceMethod<&AddonModel::dispose>("dispose"),
                         InstanceAccessor<&AddonModel::isa>("isa"),
                         InstanceAccessor<&AddonModel::threads>("threads"),
-                        InstanceAccessor<&AddonModel::precision>("precision")});
+                        InstanceAccessor<&AddonModel::precision>("precision"),
+                        InstanceAccessor<&AddonModel::device>("device")});
   }
 
-  // new Model(config, { threads, isa?, precision?: 'f32' | 'f16' | 'auto' (default 'f32') })
+  // new Model(config, { threads, isa?, precision?: 'f32' | 'f16' | 'auto' (default 'f32'), device? })
+  // device: a CUDA device's index, for the CUDA engine (cuda_loader.h); without it, the CPU's.
   explicit AddonModel(const Napi::CallbackInfo& info) : Napi::ObjectWrap<AddonModel>(info) {
     Napi::Env env = info.Env();
     if (info.Length() < 2 || !info[0].IsObject() || !info[1].IsObject()) {
@@ -294,6 +310,20 @@ class AddonModel : public Napi::ObjectWrap<AddonModel> {
         precision_ = Precision::automatic;
       } else {
         throw Napi::TypeError::New(env, "options.precision must be 'f32', 'f16' or 'auto'");
+      }
+    }
+    Napi::Value device = o.Get("device");
+    if (!device.IsUndefined() && !device.IsNull()) {
+      const double d = device.IsNumber() ? device.As<Napi::Number>().DoubleValue() : -1;
+      if (!(d >= 0 && d <= 2147483647.0) || std::floor(d) != d) {
+        throw coded(Napi::TypeError::New(env, "options.device must be a CUDA device's index (an integer from 0)"),
+                    "ERR_INVALID_ARGUMENT");
+      }
+      device_ = static_cast<int>(d);
+      // Probes the module once a process (cuda_loader.h).
+      const std::string problem = cuda_device_problem(device_);
+      if (!problem.empty()) {
+        throw coded(Napi::Error::New(env, "backend 'cuda' is not available: " + problem), "ERR_BACKEND_UNAVAILABLE");
       }
     }
   }
@@ -366,9 +396,20 @@ class AddonModel : public Napi::ObjectWrap<AddonModel> {
       tensors[i] = copy;
     }
     // Read here, on the main thread: getenv is not safe against process.env's setenv elsewhere.
-    const char* profile = std::getenv("MICROGPT_PROFILE");
+    const char* profile_env = std::getenv("MICROGPT_PROFILE");
+    const bool profile = profile_env != nullptr && std::string(profile_env) == "1";
+    std::unique_ptr<CudaOptions> cuda;
+    if (device_ >= 0) {
+      cuda = std::make_unique<CudaOptions>();
+      cuda->device = device_;
+      cuda->device_name = cuda_status().devices[static_cast<size_t>(device_)].name;
+      cuda->profile = profile;
+      // MICROGPT_CUDA_GRAPHS=0: every kernel of a decode step launched, for the tests to compare.
+      const char* graphs = std::getenv("MICROGPT_CUDA_GRAPHS");
+      cuda->graphs = !(graphs != nullptr && std::string(graphs) == "0");
+    }
     auto* worker = new LoadWorker(Value(), handle_, std::move(weights), std::move(tensors), isa_, threads_, precision_,
-                                  profile != nullptr && std::string(profile) == "1");
+                                  profile, std::move(cuda));
     handle_->loading = true;
     Napi::Promise p = worker->promise();
     worker->Queue();
@@ -416,6 +457,12 @@ class AddonModel : public Napi::ObjectWrap<AddonModel> {
       for (int p = 0; p < kPhases; p++) phases.Set(phase_name(static_cast<Phase>(p)), Napi::Number::New(env, s.phase_seconds[p]));
       o.Set("phaseSeconds", phases);
     }
+    if (s.device >= 0) {
+      o.Set("deviceBytes", Napi::Number::New(env, static_cast<double>(s.device_bytes)));
+      o.Set("graphLaunches", Napi::Number::New(env, static_cast<double>(s.graph_launches)));
+      o.Set("graphs", Napi::Number::New(env, static_cast<double>(s.graphs)));
+      if (s.profiled) o.Set("hostSeconds", Napi::Number::New(env, s.host_seconds));
+    }
     return o;
   }
 
@@ -435,6 +482,10 @@ class AddonModel : public Napi::ObjectWrap<AddonModel> {
 
   Napi::Value isa(const Napi::CallbackInfo& info) { return Napi::String::New(info.Env(), isa_name(isa_)); }
   Napi::Value threads(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), threads_); }
+  // The CUDA device's index, or null for the CPU engine.
+  Napi::Value device(const Napi::CallbackInfo& info) {
+    return device_ < 0 ? info.Env().Null() : Napi::Number::New(info.Env(), device_);
+  }
   // 'f32' or 'f16' once loaded ('auto' resolved); the requested precision before.
   Napi::Value precision(const Napi::CallbackInfo& info) {
     Precision p = precision_;
@@ -452,6 +503,7 @@ class AddonModel : public Napi::ObjectWrap<AddonModel> {
   Isa isa_ = Isa::scalar;
   int threads_ = 1;
   Precision precision_ = Precision::f32;
+  int device_ = -1;  // the CUDA device, or -1 for the CPU engine
 };
 
 // ---- AddonSession -----------------------------------------------------------------------------

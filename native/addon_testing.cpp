@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "addon.h"
+#include "cuda_loader.h"
 #include "kernels.h"
 #include "layers.h"
 #include "probes.h"
@@ -181,6 +182,117 @@ Napi::Value bench_read_bandwidth(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), static_cast<double>(n) * sizeof(float) * reps / dt.count() / 1e9);
 }
 
+// ---- the CUDA module's kernels, one at a time (cuda/api.h's test functions) --------------------
+
+// The CUDA module's functions for `device` (argument 0), or a JS error saying why there are none.
+const CudaApi& cuda_arg(const Napi::CallbackInfo& info, int* device) {
+  if (info.Length() < 1 || !info[0].IsNumber()) throw Napi::TypeError::New(info.Env(), "device must be a number");
+  *device = info[0].As<Napi::Number>().Int32Value();
+  const std::string problem = cuda_device_problem(*device);
+  if (!problem.empty()) {
+    Napi::Error e = Napi::Error::New(info.Env(), "no CUDA kernels to test: " + problem);
+    e.Set("code", Napi::String::New(info.Env(), "ERR_BACKEND_UNAVAILABLE"));
+    throw e;
+  }
+  return *cuda_status().api;
+}
+
+// A module's test function returned -1: its why, as a JS error.
+void cuda_check(const Napi::CallbackInfo& info, int status, const char* kernel, const char* why) {
+  if (status != 0) throw Napi::Error::New(info.Env(), std::string("the CUDA ") + kernel + " kernel failed: " + why);
+}
+
+std::vector<uint16_t> f16_bits(const float* x, size_t n) {
+  std::vector<uint16_t> bits(n);
+  for (size_t i = 0; i < n; i++) bits[i] = f32_to_f16(x[i]);
+  return bits;
+}
+
+// cudaMatmul(device, out (T, N), x (T, K), W (N, K), b (N) | null, T, K, N, epilogue 0|1|2,
+//            variant 0|1|2, f16?): with f16 true, W goes to the kernel as float16 (rounded).
+void test_cuda_matmul(const Napi::CallbackInfo& info) {
+  int device;
+  const CudaApi& api = cuda_arg(info, &device);
+  const int T = positive(info, 5, "T"), K = positive(info, 6, "K"), N = positive(info, 7, "N");
+  float* out = f32(info, 1, static_cast<size_t>(T) * N, "out").Data();
+  const float* x = f32(info, 2, static_cast<size_t>(T) * K, "x").Data();
+  const float* W = f32(info, 3, static_cast<size_t>(N) * K, "W").Data();
+  const float* b = f32_or_null(info, 4, N, "b");
+  const int epilogue = info[8].As<Napi::Number>().Int32Value();
+  if (epilogue < 0 || epilogue > 2) throw Napi::RangeError::New(info.Env(), "epilogue must be 0, 1 or 2");
+  const int variant = info[9].As<Napi::Number>().Int32Value();
+  if (variant < 0 || variant > 2) throw Napi::RangeError::New(info.Env(), "variant must be 0, 1 or 2");
+  const bool f16 = info.Length() > 10 && info[10].ToBoolean().Value();
+  std::vector<uint16_t> half;
+  if (f16) half = f16_bits(W, static_cast<size_t>(N) * K);
+  char why[1024] = {0};
+  const int status = api.test_matmul(device, out, x, f16 ? nullptr : W, f16 ? half.data() : nullptr, b, T, K, N, epilogue,
+                                     variant, why, static_cast<int>(sizeof why));
+  cuda_check(info, status, "matmul", why);
+}
+
+// cudaLayernorm(device, out (T, C), x (T, C), w (C), b (C) | null, T, C)
+void test_cuda_layernorm(const Napi::CallbackInfo& info) {
+  int device;
+  const CudaApi& api = cuda_arg(info, &device);
+  const int T = positive(info, 5, "T"), C = positive(info, 6, "C");
+  char why[1024] = {0};
+  const int status = api.test_layernorm(device, f32(info, 1, static_cast<size_t>(T) * C, "out").Data(),
+                                        f32(info, 2, static_cast<size_t>(T) * C, "x").Data(), f32(info, 3, C, "w").Data(),
+                                        f32_or_null(info, 4, C, "b"), T, C, why, static_cast<int>(sizeof why));
+  cuda_check(info, status, "layernorm", why);
+}
+
+// cudaEmbedding(device, x (T, C), ids (T) Int32Array, wte (V, C), wpe (start + T, C), start, T, V,
+//               C, f16?): with f16 true, wte goes to the kernel as float16 (rounded).
+void test_cuda_embedding(const Napi::CallbackInfo& info) {
+  int device;
+  const CudaApi& api = cuda_arg(info, &device);
+  if (info.Length() < 6 || !info[5].IsNumber()) throw Napi::TypeError::New(info.Env(), "start must be a number");
+  const int start = info[5].As<Napi::Number>().Int32Value();
+  if (start < 0 || start > (1 << 16)) throw Napi::RangeError::New(info.Env(), "start must be from 0 to 65536");
+  const int T = positive(info, 6, "T"), V = positive(info, 7, "V"), C = positive(info, 8, "C");
+  if (!info[2].IsTypedArray() || info[2].As<Napi::TypedArray>().TypedArrayType() != napi_int32_array ||
+      info[2].As<Napi::Int32Array>().ElementLength() < static_cast<size_t>(T)) {
+    throw Napi::TypeError::New(info.Env(), "ids must be an Int32Array of T ids");
+  }
+  const int32_t* ids = info[2].As<Napi::Int32Array>().Data();
+  for (int t = 0; t < T; t++) {
+    if (ids[t] < 0 || ids[t] >= V) throw Napi::RangeError::New(info.Env(), "ids must be from 0 to V - 1");
+  }
+  float* x = f32(info, 1, static_cast<size_t>(T) * C, "x").Data();
+  const float* wte = f32(info, 3, static_cast<size_t>(V) * C, "wte").Data();
+  const float* wpe = f32(info, 4, static_cast<size_t>(start + T) * C, "wpe").Data();
+  const bool f16 = info.Length() > 9 && info[9].ToBoolean().Value();
+  std::vector<uint16_t> half;
+  if (f16) half = f16_bits(wte, static_cast<size_t>(V) * C);
+  char why[1024] = {0};
+  const int status = api.test_embedding(device, x, ids, f16 ? nullptr : wte, f16 ? half.data() : nullptr, wpe, start, T, V,
+                                        C, why, static_cast<int>(sizeof why));
+  cuda_check(info, status, "embedding", why);
+}
+
+// cudaAttention(device, out (T, C), qkv (T, 3C), keys (start, C), values (start, C), start, T, C,
+//               nHead, blockSize): T new rows of one sequence at positions start..start+T-1.
+void test_cuda_attention(const Napi::CallbackInfo& info) {
+  int device;
+  const CudaApi& api = cuda_arg(info, &device);
+  if (info.Length() < 6 || !info[5].IsNumber()) throw Napi::TypeError::New(info.Env(), "start must be a number");
+  const int start = info[5].As<Napi::Number>().Int32Value();
+  if (start < 0 || start > (1 << 16)) throw Napi::RangeError::New(info.Env(), "start must be from 0 to 65536");
+  const int T = positive(info, 6, "T"), C = positive(info, 7, "C"), n_head = positive(info, 8, "nHead");
+  const int block_size = positive(info, 9, "blockSize");
+  if (C % n_head != 0) throw Napi::RangeError::New(info.Env(), "C must be a multiple of nHead");
+  if (start + T > block_size) throw Napi::RangeError::New(info.Env(), "start + T must be at most blockSize");
+  const size_t cached = static_cast<size_t>(start) * C;
+  char why[1024] = {0};
+  const int status = api.test_attention(device, f32(info, 1, static_cast<size_t>(T) * C, "out").Data(),
+                                        f32(info, 2, static_cast<size_t>(T) * 3 * C, "qkv").Data(),
+                                        f32(info, 3, cached, "keys").Data(), f32(info, 4, cached, "values").Data(), start, T,
+                                        C, n_head, block_size, why, static_cast<int>(sizeof why));
+  cuda_check(info, status, "attention", why);
+}
+
 }  // namespace
 
 Napi::Object make_testing(Napi::Env env) {
@@ -194,6 +306,10 @@ Napi::Object make_testing(Napi::Env env) {
   t.Set("benchMatmul", Napi::Function::New(env, bench_matmul, "benchMatmul"));
   t.Set("benchFmaPeak", Napi::Function::New(env, bench_fma_peak, "benchFmaPeak"));
   t.Set("benchReadBandwidth", Napi::Function::New(env, bench_read_bandwidth, "benchReadBandwidth"));
+  t.Set("cudaMatmul", Napi::Function::New(env, test_cuda_matmul, "cudaMatmul"));
+  t.Set("cudaLayernorm", Napi::Function::New(env, test_cuda_layernorm, "cudaLayernorm"));
+  t.Set("cudaEmbedding", Napi::Function::New(env, test_cuda_embedding, "cudaEmbedding"));
+  t.Set("cudaAttention", Napi::Function::New(env, test_cuda_attention, "cudaAttention"));
   return t;
 }
 

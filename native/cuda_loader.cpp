@@ -2,6 +2,7 @@
 
 #include <cstdlib>
 #include <mutex>
+#include <type_traits>
 
 #include "cuda/api.h"
 
@@ -46,7 +47,27 @@ CudaStatus probe() {
   s.module = path;
   auto abi = reinterpret_cast<microgpt_cuda_abi_fn>(dlsym(module, "microgpt_cuda_abi"));
   auto devices = reinterpret_cast<microgpt_cuda_devices_fn>(dlsym(module, "microgpt_cuda_devices"));
-  if (abi == nullptr || devices == nullptr || abi() != MICROGPT_CUDA_ABI) {
+  // Every function of the interface, or none: a module of another ABI is not used at all.
+  static CudaApi api;  // set once, under cuda_status()'s once_flag
+  bool complete = abi != nullptr && devices != nullptr && abi() == MICROGPT_CUDA_ABI;
+  auto resolve = [&](auto& fn, const char* name) {
+    fn = reinterpret_cast<std::remove_reference_t<decltype(fn)>>(dlsym(module, name));
+    complete = complete && fn != nullptr;
+  };
+  if (complete) {
+    resolve(api.model_create, "microgpt_cuda_model_create");
+    resolve(api.model_free, "microgpt_cuda_model_free");
+    resolve(api.cache_create, "microgpt_cuda_cache_create");
+    resolve(api.cache_free, "microgpt_cuda_cache_free");
+    resolve(api.cache_bytes, "microgpt_cuda_cache_bytes");
+    resolve(api.run, "microgpt_cuda_run");
+    resolve(api.model_stats, "microgpt_cuda_model_stats");
+    resolve(api.test_matmul, "microgpt_cuda_test_matmul");
+    resolve(api.test_layernorm, "microgpt_cuda_test_layernorm");
+    resolve(api.test_embedding, "microgpt_cuda_test_embedding");
+    resolve(api.test_attention, "microgpt_cuda_test_attention");
+  }
+  if (!complete) {
     s.reason = "the CUDA module " + path + " was built for another version of microgpt; rebuild it (npm run build:native)";
     return s;
   }
@@ -70,7 +91,11 @@ CudaStatus probe() {
   }
   bool any = false;
   for (const CudaDevice& d : s.devices) any = any || d.usable;
-  if (!any) s.reason = "no CUDA device of compute capability 8.0 or later (the module's kernels are built for sm_80 and up)";
+  if (!any) {
+    s.reason = "no CUDA device of compute capability 8.0 or later (the module's kernels are built for sm_80 and up)";
+  } else {
+    s.api = &api;
+  }
   return s;
 #endif
 }
@@ -82,6 +107,24 @@ const CudaStatus& cuda_status() {
   static CudaStatus* status = nullptr;  // never freed: read until the process ends
   std::call_once(once, [] { status = new CudaStatus(probe()); });
   return *status;
+}
+
+std::string cuda_device_problem(int device) {
+  const CudaStatus& s = cuda_status();
+  if (s.api == nullptr) return s.reason;
+  const int count = static_cast<int>(s.devices.size());
+  if (device < 0 || device >= count) {
+    std::string list;
+    for (int i = 0; i < count; i++) list += (i ? "; " : "") + std::to_string(i) + ": " + s.devices[i].name;
+    return "there is no CUDA device " + std::to_string(device) + ": this machine has " + std::to_string(count) +
+           (count == 1 ? " device (" : " devices (") + list + ")";
+  }
+  const CudaDevice& d = s.devices[device];
+  if (!d.usable) {
+    return "CUDA device " + std::to_string(device) + " (" + d.name + ") has compute capability " + std::to_string(d.major) +
+           "." + std::to_string(d.minor) + "; the module's kernels need 8.0 or later";
+  }
+  return std::string();
 }
 
 }  // namespace microgpt

@@ -15,7 +15,7 @@ KVCacheShape kv_cache_shape(const Config& c) {
 
 KVCache new_kv_cache(const Config& c) {
   const KVCacheShape s = kv_cache_shape(c);
-  return KVCache{FloatBuffer(s.key_floats), FloatBuffer(s.value_floats)};
+  return KVCache{FloatBuffer(s.key_floats), FloatBuffer(s.value_floats), DeviceCache()};
 }
 
 size_t kv_cache_bytes(const Config& c) {

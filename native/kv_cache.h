@@ -11,22 +11,37 @@
 
 #include "buffer.h"
 #include "config.h"
+#include "cuda/api.h"
 #include "kernels.h"
 
 namespace microgpt {
 
+// A CUDA model's cache on its device (cuda/api.h), freed through the module that made it; it may
+// outlive its model (the module allows it).
+struct DeviceCacheFree {
+  microgpt_cuda_cache_free_fn free = nullptr;
+  void operator()(MicrogptCudaCache* cache) const {
+    if (free != nullptr) free(cache);
+  }
+};
+using DeviceCache = std::unique_ptr<MicrogptCudaCache, DeviceCacheFree>;
+
 // Keys and values of every layer at absolute positions 0..block_size-1; a sequence of length n
 // uses positions 0..n-1. B = block_size, tiles = B / kKeyTile rounded up (kv_cache_tiles).
+// A CUDA model's cache holds its keys and values on the device instead (`device`), and the two
+// host buffers stay empty.
 struct KVCache {
   FloatBuffer keys;    // (n_layer, tiles, C, kKeyTile): transposed in tiles of positions (kernels.h)
   FloatBuffer values;  // (n_layer, B, C)
+  DeviceCache device;  // a CUDA model's, else null
 };
 
 inline int kv_cache_tiles(const Config& c) { return (c.block_size + kKeyTile - 1) / kKeyTile; }
 
 // Freed KV caches of one model, kept for its next sessions. A fresh cache costs a page fault per
 // 4 KB on first touch, and the kernel zeroes each page: a few percent of a full-block prefill
-// (docs/native-measurements.md).
+// (docs/native-measurements.md); a CUDA model's costs a device allocation. `cache_bytes` is the
+// size of one cache: host bytes, or a CUDA model's device bytes.
 // Every cache a model hands out has block_size rows; a shorter use touches, and so commits, only
 // the first rows of each layer, so one size serves sessions and one-off passes alike. Holds at
 // most kKeepBytes of caches (at least one); the rest are freed. Thread-safe.

@@ -9,10 +9,12 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <string>
 #include <vector>
 
 #include "compute_budget.h"
 #include "config.h"
+#include "cuda_model.h"
 #include "forward.h"
 #include "kernels.h"
 #include "kv_cache.h"
@@ -33,6 +35,14 @@ struct BatchStats {
   bool profiled = false;       // whether phase_seconds is kept (MICROGPT_PROFILE=1 at load)
   double phase_seconds[kPhases] = {};  // time in each step of the passes (forward.h's Phase)
   uint64_t caches_allocated = 0;  // KV caches made (the others were reused from the pool)
+  // A CUDA model's (device >= 0): its device bytes (weights, scratch, graphs and the KV caches
+  // that exist), decode passes replayed from a CUDA graph, graphs captured, and when profiled,
+  // host seconds of the passes outside the kernels (phase_seconds is then device time).
+  int device = -1;
+  uint64_t device_bytes = 0;
+  uint64_t graph_launches = 0;
+  uint64_t graphs = 0;
+  double host_seconds = 0;
 };
 
 class Transformer {
@@ -45,6 +55,14 @@ class Transformer {
   Transformer(const Config& config, const std::vector<const float*>& tensors, Isa isa, int threads,
               Precision precision = Precision::f32, bool profile = false,
               ComputeBudget& budget = ComputeBudget::process());
+  // The CUDA engine's model: the weights go to `options.device` through `api` (nothing is packed
+  // or kept on the host), each cache lives on the device, and every pass is the module's
+  // (CudaModel::run) instead of forward(). Its pool is the calling thread alone, and its passes
+  // lease nothing from the compute budget: they wait on the device, they do not compute.
+  // Throws CudaLoadError when the module refuses the model (out of device memory), and
+  // std::invalid_argument as the CPU constructor does.
+  Transformer(const Config& config, const std::vector<const float*>& tensors, const CudaApi& api,
+              const CudaOptions& options, Precision precision = Precision::f32);
 
   ~Transformer();
   Transformer(const Transformer&) = delete;
@@ -53,12 +71,16 @@ class Transformer {
   const Config& config() const { return config_; }
   const Kernels& kernels() const { return *kernels_; }
   int threads() const { return pool_.size(); }
+  // The CUDA device the model runs on, or -1 for the CPU engine.
+  int device() const { return cuda_ ? cuda_->device() : -1; }
   // The precision the matrices are kept in (f32 or f16, never automatic).
   Precision precision() const { return w_.f16 ? Precision::f16 : Precision::f32; }
   // Native memory the model holds: its weights and the KV caches it has made that still exist.
-  // (Scratch is left out: it is committed only as passes use it.) Thread-safe.
+  // (Scratch is left out: it is committed only as passes use it.) Host memory only: a CUDA
+  // model's weights and caches are on its device (BatchStats::device_bytes). Thread-safe.
   size_t memory_bytes() const {
-    return w_.storage.size() * sizeof(float) + w_.half_storage.size() * sizeof(uint16_t) + cache_pool_->live_bytes();
+    return w_.storage.size() * sizeof(float) + w_.half_storage.size() * sizeof(uint16_t) +
+           (cuda_ ? 0 : cache_pool_->live_bytes());
   }
 
   // A cache for positions 0..block_size-1, reused from an earlier session where one was freed.
@@ -81,13 +103,23 @@ class Transformer {
   BatchStats stats();
 
  private:
+  // What one pass did, for the stats.
+  struct PassOutcome {
+    std::string error;
+    bool shared = false;  // the CPU pass's lease was a share of the budget
+    int width = 0;        // the CPU pass's threads
+  };
+  PassOutcome cpu_pass(ForwardRequest* const* batch, int count, int rows, int out_rows);
+  void record_cuda_stats();
+
   Config config_;
   const Kernels* kernels_;
-  Weights w_;
+  Weights w_;  // the CPU engine's (a CUDA model's are on its device: only w_.f16 is set)
   ThreadPool pool_;
-  ComputeBudget::Member budget_;  // each pass leases its threads from the process's budget
+  std::unique_ptr<ComputeBudget::Member> budget_;  // each CPU pass leases its threads from the process's budget
+  std::unique_ptr<CudaModel> cuda_;  // the CUDA engine's model, else null
   RunState s_;
-  int max_rows_;  // R: rows the RunState holds
+  int max_rows_;  // R: rows the RunState holds (a CUDA model's scratch is on the device)
 
   std::mutex run_mutex_;    // held by run(): one caller at a time owns pool_ and s_
   uint64_t passes_ = 0;     // passes run (under run_mutex_)

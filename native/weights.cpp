@@ -7,23 +7,19 @@
 
 namespace microgpt {
 
-Weights pack_weights(const Config& config, const std::vector<const float*>& tensors, Precision precision) {
-  Weights w;
+bool matrices_in_f16(const Config& config, const std::vector<const float*>& tensors, Precision precision) {
   const std::vector<TensorSpec> layout = tensor_layout(config);
   if (tensors.size() != layout.size()) throw std::invalid_argument("wrong number of tensors");
   for (const float* t : tensors) {
     if (t == nullptr) throw std::invalid_argument("missing tensor");
   }
-  const int C = config.n_embd;
-  const int V = config.vocab_size;
-
-  bool f16 = precision == Precision::f16;
   if (precision == Precision::automatic) {
-    f16 = true;
-    for (size_t i = 0; i < layout.size() && f16; i++) {
-      if (layout[i].is_matrix()) f16 = f16_exact(tensors[i], layout[i].size());
+    for (size_t i = 0; i < layout.size(); i++) {
+      if (layout[i].is_matrix() && !f16_exact(tensors[i], layout[i].size())) return false;
     }
-  } else if (f16) {
+    return true;
+  }
+  if (precision == Precision::f16) {
     for (size_t i = 0; i < layout.size(); i++) {
       if (!layout[i].is_matrix()) continue;
       for (size_t j = 0; j < layout[i].size(); j++) {
@@ -32,7 +28,18 @@ Weights pack_weights(const Config& config, const std::vector<const float*>& tens
         }
       }
     }
+    return true;
   }
+  return false;
+}
+
+Weights pack_weights(const Config& config, const std::vector<const float*>& tensors, Precision precision) {
+  Weights w;
+  const std::vector<TensorSpec> layout = tensor_layout(config);
+  const int C = config.n_embd;
+  const int V = config.vocab_size;
+
+  const bool f16 = matrices_in_f16(config, tensors, precision);
   w.f16 = f16;
 
   // Float32 tensors in one allocation (plain ones at their size, Linear weights packed unless in

@@ -45,6 +45,11 @@ struct Weights {
   const float* lnf_bias = nullptr;    // (C) or null
 };
 
+// Whether `precision` keeps the matrices of `tensors` (as pack_weights takes them) in float16:
+// automatic resolved (f16 when that changes no matrix). Throws std::invalid_argument when
+// Precision::f16 is asked of weights beyond float16's range.
+bool matrices_in_f16(const Config& config, const std::vector<const float*>& tensors, Precision precision);
+
 // Copies and packs `tensors` (one pointer per tensor_layout(config) entry, in its order, each to
 // that tensor's size() floats) in `precision`. Throws std::invalid_argument when Precision::f16 is
 // asked of weights beyond float16's range, or the tensors do not match the layout.
