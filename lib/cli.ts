@@ -30,7 +30,8 @@ Commands:
   generate  [--model PATH] [--meta meta.pkl] [--prompt TEXT] [--max-new-tokens N]
             [--temperature T] [--top-k K] [--top-p P] [--seed S] [--num-samples N]
             [--stop TEXT]... [--context slide|shift] [--keep K]
-            [--backend auto|js|native|cuda] [--threads N] [--precision auto|f32|f16] [--json]
+            [--backend auto|js|native|cuda] [--device N] [--threads N] [--precision auto|f32|f16]
+            [--json]
             Prints the continuation of the prompt (without the prompt). --context: past
             blockSize, slide (default) re-runs the last blockSize tokens for every token,
             exactly as nanoGPT; shift keeps the last K tokens (--keep, default blockSize/2)
@@ -39,17 +40,18 @@ Commands:
             Describes a model: config, parameters, vocabulary, format.
   convert   [--model PATH] [--meta meta.pkl] --out FILE.safetensors [--dtype f32|f16|bf16]
             Writes a nanoGPT checkpoint (or any model) as microgpt's safetensors.
-  serve     [--model PATH] [--host 127.0.0.1] [--port 8080] [--backend B] [--threads N]
-            [--precision P] [--max-concurrent N] [--api-key KEY] [--model-id ID]
+  serve     [--model PATH] [--host 127.0.0.1] [--port 8080] [--backend B] [--device N]
+            [--threads N] [--precision P] [--max-concurrent N] [--api-key KEY] [--model-id ID]
             An OpenAI-compatible HTTP server: POST /v1/completions, GET /v1/models, /health,
             /metrics (Prometheus) and the playground at /. --api-key (or MICROGPT_API_KEY)
             requires Authorization: Bearer KEY on /v1/. SIGINT/SIGTERM: stop accepting, let
             generations finish (10 s), exit 0.
-  bench     [--shape default|char-10M|gpt2-124M]... [--backend B]... [--runs N] [--threads N] [--json]
-            [--chart FILE.svg]
+  bench     [--shape default|char-10M|gpt2-124M]... [--backend B]... [--device N] [--runs N]
+            [--threads N] [--json] [--chart FILE.svg]
             Tokens/s of decode and prefill, GEMM GFLOP/s, per engine, random weights.
   eval      [--model PATH] [--meta meta.pkl] --data FILE [--split all|val] [--backend B]
-            [--threads N] [--precision P] [--json] [--by-position] [--chart FILE.svg] [--keep K]
+            [--device N] [--threads N] [--precision P] [--json] [--by-position] [--chart FILE.svg]
+            [--keep K]
             Mean cross-entropy and perplexity of the model over a text file, in
             non-overlapping windows of blockSize (--split val: nanoGPT's last 10%).
             --by-position prints JSON with lossByPosition (entry n-1: the mean loss from a
@@ -61,6 +63,8 @@ the Shakespeare model bundled with microgpt ('default').
 --precision: how the engine keeps the weight matrices. auto (default): float16 when that
 changes no weight (float16 checkpoints, the bundled model), else float32; f16 rounds float32
 weights (half the memory traffic per token, logits within about 1e-3).
+--device: the CUDA device to run on (its index, default 0; 'microgpt info' lists them), with
+--backend cuda, or auto when it picks CUDA.
 Run 'microgpt <command> --help' for a command's options.`;
 
 class UsageError extends Error {}
@@ -73,9 +77,10 @@ const modelOptions: Options = {
   help: { type: 'boolean', short: 'h' },
 };
 
-/** The options of commands that run a model: which engine, with how many threads, in what precision. */
+/** The options of commands that run a model: which engine (and CUDA device), with how many threads, in what precision. */
 const engineFlags: Options = {
   backend: { type: 'string' },
+  device: { type: 'string' },
   threads: { type: 'string' },
   precision: { type: 'string' },
 };
@@ -84,6 +89,7 @@ function engineOptions(values: Record<string, unknown>): LoadOptions {
   return {
     ...optionalString(values, 'meta'),
     ...(typeof values['backend'] === 'string' ? { backend: values['backend'] as BackendChoice } : {}),
+    ...optionalNumber(values, 'device', 'device'),
     ...optionalNumber(values, 'threads', 'threads'),
     ...(typeof values['precision'] === 'string' ? { precision: values['precision'] as PrecisionChoice } : {}),
   };
@@ -337,6 +343,7 @@ async function benchCommand(args: string[]): Promise<void> {
   const { values } = parse(args, {
     shape: { type: 'string', multiple: true },
     backend: { type: 'string', multiple: true },
+    device: { type: 'string' },
     runs: { type: 'string' },
     threads: { type: 'string' },
     json: { type: 'boolean' },
@@ -347,6 +354,7 @@ async function benchCommand(args: string[]): Promise<void> {
   const report = await runBench({
     ...(Array.isArray(values['shape']) ? { shapes: values['shape'] as string[] } : {}),
     ...(Array.isArray(values['backend']) ? { backends: values['backend'] as BackendName[] } : {}),
+    ...optionalNumber(values, 'device', 'device'),
     ...optionalNumber(values, 'runs', 'runs'),
     ...optionalNumber(values, 'threads', 'threads'),
     log: (line) => process.stderr.write(`${line}\n`),

@@ -1,6 +1,7 @@
 import { open, stat } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { checkDeviceOption, cudaDeviceProblem } from './backends/cuda.js';
 import { resolveBackend } from './backends/index.js';
 import { MAX_THREADS, type BackendChoice, type PrecisionChoice, type RuntimeOptions } from './backends/types.js';
 import { describe, validateConfig, type ModelConfig } from './config.js';
@@ -24,6 +25,11 @@ export interface LoadOptions {
    * (half the memory traffic of a decode step, logits within about 1e-3).
    */
   precision?: PrecisionChoice;
+  /**
+   * The CUDA device to run on (its index, default 0), for backend 'cuda', or 'auto' when it picks
+   * CUDA; naming it with backend 'native' or 'js' is an error.
+   */
+  device?: number;
 }
 
 /** A model read from disk, before an engine holds it. */
@@ -164,7 +170,18 @@ function checkLoadOptions(given: Omit<LoadOptions, 'meta'>): void {
   if (options.precision !== undefined && !['auto', 'f32', 'f16'].includes(options.precision)) {
     throw invalidArgument(`precision must be 'auto', 'f32' or 'f16', got ${describe(options.precision)}`);
   }
-  resolveBackend(options.backend ?? 'auto'); // an unknown or unavailable backend fails before any file is read
+  checkDeviceOption(options.device);
+  // An unknown or unavailable backend (or CUDA device) fails before any file is read.
+  const backend = resolveBackend(options.backend ?? 'auto');
+  if (options.device !== undefined) {
+    if (options.backend === 'native' || options.backend === 'js') {
+      throw invalidArgument(`device selects a CUDA device: backend '${options.backend}' has none; leave device out, or use backend 'cuda' or 'auto'`);
+    }
+    const problem = backend.name === 'cuda' ? cudaDeviceProblem(options.device) : null;
+    if (problem !== null) {
+      throw new MicroGPTError('ERR_BACKEND_UNAVAILABLE', `backend 'cuda' is not available: ${problem}; use backend 'native', 'js' or 'auto'`);
+    }
+  }
 }
 
 async function instantiate(
@@ -179,6 +196,7 @@ async function instantiate(
   const runtimeOptions: RuntimeOptions = {
     ...(options.threads === undefined ? {} : { threads: options.threads }),
     ...(options.precision === undefined ? {} : { precision: options.precision }),
+    ...(options.device === undefined || backend.name !== 'cuda' ? {} : { device: options.device }),
   };
   const runtime = await backend.load(config, weights, runtimeOptions);
   try {

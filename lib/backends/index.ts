@@ -1,5 +1,5 @@
 import { MicroGPTError, invalidArgument } from '../errors.js';
-import { CUDA_ENGINE_IN_BUILD, cudaUnavailableReason } from './cuda.js';
+import { cudaBackend, cudaUnavailableReason } from './cuda.js';
 import { jsBackend } from './js/index.js';
 import { nativeBackend, nativeUnavailableReason } from './native/index.js';
 import type { Backend, BackendChoice, BackendName } from './types.js';
@@ -21,16 +21,15 @@ function unavailableReason(name: BackendName): string | null {
   }
 }
 
+/** Fastest first: what 'auto' takes is the first available. */
 const PREFERENCE: readonly BackendName[] = ['cuda', 'native', 'js'];
-/** What 'auto' considers: not CUDA until this build has its engine (CUDA_ENGINE_IN_BUILD). */
-const AUTO_PREFERENCE = PREFERENCE.filter((n) => n !== 'cuda' || CUDA_ENGINE_IN_BUILD);
 
 export function resolveBackend(choice: BackendChoice = 'auto'): Backend {
   if (!BACKEND_CHOICES.includes(choice)) {
     throw invalidArgument(`backend must be one of ${BACKEND_CHOICES.join(', ')}, got ${JSON.stringify(choice)}`);
   }
   if (choice === 'auto') {
-    const name = AUTO_PREFERENCE.find((n) => unavailableReason(n) === null) ?? 'js';
+    const name = PREFERENCE.find((n) => unavailableReason(n) === null) ?? 'js';
     return backendByName(name);
   }
   const reason = unavailableReason(choice);
@@ -48,8 +47,13 @@ export function availableBackends(): { name: BackendName; available: boolean; re
   });
 }
 
-function backendByName(name: BackendName): Backend {
-  if (name === 'js') return jsBackend;
-  if (name === 'native') return nativeBackend;
-  throw new Error(`internal: no ${name} backend`);
+export function backendByName(name: BackendName): Backend {
+  switch (name) {
+    case 'js':
+      return jsBackend;
+    case 'native':
+      return nativeBackend;
+    case 'cuda':
+      return cudaBackend;
+  }
 }

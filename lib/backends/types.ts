@@ -28,6 +28,8 @@ export interface RuntimeOptions {
   readonly threads?: number;
   /** Default 'auto'. */
   readonly precision?: PrecisionChoice;
+  /** The CUDA device's index, for the cuda backend (default 0); the other engines ignore it. */
+  readonly device?: number;
 }
 
 /** Creates runtimes: one per loaded model. */

@@ -9,6 +9,9 @@ export function formatBenchReport(report: BenchReport): string {
   if (report.native !== undefined) {
     lines.push(`native engine: ${report.native.isa} kernels; this CPU's FMA peak, measured in the same run: ${report.native.fmaPeak.toFixed(1)} GFLOP/s on ${report.threads} threads (the highest of ${report.native.fmaPeakGflops.runs.length} runs, at the start and at the end)`);
   }
+  if (report.cuda !== undefined) {
+    lines.push(`cuda engine: device ${report.cuda.device}, ${report.cuda.name} (compute capability ${report.cuda.computeCapability})`);
+  }
   lines.push('');
   lines.push(`| shape | figure | ${engines.join(' | ')} |${engines.length > 1 ? ` ${engines[0]}/${engines[engines.length - 1]} |` : ''}`);
   lines.push(`| --- | --- |${engines.map(() => ' ---: |').join('')}${engines.length > 1 ? ' ---: |' : ''}`);
@@ -53,12 +56,14 @@ export function formatBenchReport(report: BenchReport): string {
     lines.push(...f16Lines.map((l) => `- ${l}`));
   }
   const withPeak = report.gemm.some((g) => g.peakFraction !== undefined);
+  // The GEMMs are the CPU engines' kernels alone: only engines with a figure get a column.
+  const gemmEngines = engines.filter((e) => report.gemm.some((g) => g.engines[e] !== undefined));
   lines.push('');
-  lines.push(`| GEMM (GFLOP/s) | ${engines.join(' | ')} |${withPeak ? ' native / FMA peak |' : ''}`);
-  lines.push(`| --- |${engines.map(() => ' ---: |').join('')}${withPeak ? ' ---: |' : ''}`);
+  lines.push(`| GEMM (GFLOP/s) | ${gemmEngines.join(' | ')} |${withPeak ? ' native / FMA peak |' : ''}`);
+  lines.push(`| --- |${gemmEngines.map(() => ' ---: |').join('')}${withPeak ? ' ---: |' : ''}`);
   for (const g of report.gemm) {
     const peak = withPeak ? ` ${g.peakFraction === undefined ? '–' : `${(100 * g.peakFraction).toFixed(0)} %`} |` : '';
-    lines.push(`| ${g.label} (${g.M}×${g.N}×${g.K}) | ${engines.map((e) => cell(g.engines[e])).join(' | ')} |${peak}`);
+    lines.push(`| ${g.label} (${g.M}×${g.N}×${g.K}) | ${gemmEngines.map((e) => cell(g.engines[e])).join(' | ')} |${peak}`);
   }
   const notes = report.shapes.flatMap((s) => engines.flatMap((e) => Object.values(s.engines[e] ?? {}).filter((f) => f.note !== undefined).map((f) => `${s.shape}, ${e}: ${f.note}`)));
   for (const note of [...new Set(notes)]) lines.push(`\n* ${note}`);

@@ -4,11 +4,12 @@
  * same process so their ratio is fair.
  */
 import { availableParallelism, cpus } from 'node:os';
+import { checkDeviceOption, cudaDeviceProblem, cudaStatus } from '../backends/cuda.js';
 import { availableBackends } from '../backends/index.js';
 import type { BackendName } from '../backends/types.js';
 import { linear } from '../backends/js/math.js';
 import { describe, parameterCount, type ModelConfig } from '../config.js';
-import { invalidArgument } from '../errors.js';
+import { MicroGPTError, invalidArgument } from '../errors.js';
 import { createModel, loadModel } from '../load.js';
 import type { Model } from '../model.js';
 import { Rng } from '../sampling/rng.js';
@@ -20,6 +21,8 @@ export interface BenchOptions {
   shapes?: string[];
   /** Engines to measure (default: every available one). */
   backends?: BackendName[];
+  /** The CUDA device the cuda engine runs on (default 0). */
+  device?: number;
   /** Timed runs per figure for compiled engines (default 5); the js engine gets fewer, see JS_RUNS. */
   runs?: number;
   threads?: number;
@@ -75,7 +78,10 @@ export interface ShapeReport {
   readonly weights: 'random' | 'bundled';
   readonly longGeneration?: LongGeneration;
   readonly engines: Partial<Record<BackendName, EngineFigures>>;
-  /** GB/s reading a buffer of weightBytes (native probe), and batch-1 decode as a fraction of it. */
+  /**
+   * GB/s reading a buffer of weightBytes (native probe), and the CPU engines' batch-1 decode as a
+   * fraction of it (not the cuda engine's: its weights are read from the device's memory).
+   */
   readonly bandwidth?: { readonly readGBs: Figure; readonly decodeFraction: Partial<Record<BackendName, number>> };
   /**
    * The native engine with its matrices in float16 (precision 'f16', the random weights rounded):
@@ -107,6 +113,8 @@ export interface BenchReport {
    * 233, and in one run all five taken at the start stayed at or below 201).
    */
   readonly native?: { readonly isa: string; readonly fmaPeakGflops: Figure; readonly fmaPeak: number };
+  /** The device the cuda engine ran on, when it was measured. */
+  readonly cuda?: { readonly device: number; readonly name: string; readonly computeCapability: string };
   readonly shapes: ShapeReport[];
   readonly gemm: GemmReport[];
 }
@@ -129,6 +137,14 @@ export async function runBench(options: BenchOptions = {}): Promise<BenchReport>
   const runs = options.runs ?? 5;
   if (!Number.isInteger(runs) || runs < 1 || runs > 100) throw invalidArgument(`runs must be an integer from 1 to 100, got ${describe(runs)}`);
   const threads = options.threads ?? availableParallelism();
+  checkDeviceOption(options.device);
+  if (options.device !== undefined && !engines.includes('cuda')) {
+    throw invalidArgument(`device selects the cuda engine's device, and the engines measured are ${engines.join(', ')}; leave device out or measure backend 'cuda'`);
+  }
+  const device = options.device ?? 0;
+  const problem = engines.includes('cuda') ? cudaDeviceProblem(device) : null;
+  if (problem !== null) throw new MicroGPTError('ERR_BACKEND_UNAVAILABLE', `backend 'cuda' is not available: ${problem}`);
+  const cudaDevice = engines.includes('cuda') ? cudaStatus()?.devices[device] : undefined;
 
   const probes = engines.includes('native') ? nativeProbes() : null;
   // The FMA peak is sampled at the start and again at the end, minutes apart, and the
@@ -154,7 +170,7 @@ export async function runBench(options: BenchOptions = {}): Promise<BenchReport>
     let load: (engine: BackendName, precision?: 'f32' | 'f16') => Promise<Model>;
     let config: ModelConfig;
     if (bundled) {
-      load = (engine) => loadModel('default', { backend: engine, threads });
+      load = (engine) => loadModel('default', { backend: engine, threads, ...(engine === 'cuda' ? { device } : {}) });
       const probe = await loadModel('default', { backend: 'js' });
       config = probe.config;
       probe.dispose();
@@ -163,7 +179,8 @@ export async function runBench(options: BenchOptions = {}): Promise<BenchReport>
       log(`${shape}: building random weights (${(parameterCount(config) / 1e6).toFixed(1)}M parameters)`);
       const weights = randomWeights(config);
       const vocab = syntheticVocab(config.vocabSize);
-      load = (engine, precision = 'f32') => createModel(config, weights, vocab, { backend: engine, threads, name: shape, precision });
+      load = (engine, precision = 'f32') =>
+        createModel(config, weights, vocab, { backend: engine, threads, name: shape, precision, ...(engine === 'cuda' ? { device } : {}) });
     }
     let report: ShapeReport = {
       shape,
@@ -200,7 +217,7 @@ export async function runBench(options: BenchOptions = {}): Promise<BenchReport>
       const readGBs = sampled(runs, 'GB/s', () => probes.readBandwidth(megabytes, threads));
       const decodeFraction: Partial<Record<BackendName, number>> = {};
       for (const [engine, figures] of Object.entries(report.engines) as [BackendName, EngineFigures][]) {
-        decodeFraction[engine] = (report.weightBytes * figures.decodeBatch1.median) / 1e9 / readGBs.median;
+        if (engine !== 'cuda') decodeFraction[engine] = (report.weightBytes * figures.decodeBatch1.median) / 1e9 / readGBs.median;
       }
       log(`${shape}: reading ${megabytes} MB at ${readGBs.median.toFixed(1)} GB/s`);
       shapes.push({ ...report, bandwidth: { readGBs, decodeFraction } });
@@ -222,6 +239,7 @@ export async function runBench(options: BenchOptions = {}): Promise<BenchReport>
     machine: { cpu: cpus()[0]?.model.trim() ?? 'unknown', logicalCores: availableParallelism(), node: process.version, platform: `${process.platform}-${process.arch}` },
     threads,
     ...(native === undefined ? {} : { native }),
+    ...(cudaDevice === undefined ? {} : { cuda: { device, name: cudaDevice.name, computeCapability: cudaDevice.computeCapability } }),
     shapes,
     gemm,
   };

@@ -23,6 +23,11 @@ export interface AddonModelOptions {
   readonly isa?: AddonIsa;
   /** How the matrices are kept (see PrecisionChoice); default 'f32'. */
   readonly precision?: 'f32' | 'f16' | 'auto';
+  /**
+   * A CUDA device's index: the CUDA engine runs the model there (the constructor throws
+   * ERR_BACKEND_UNAVAILABLE when it cannot); without it, the CPU engine. Give `threads: 1`.
+   */
+  readonly device?: number;
 }
 
 /** One tensor handed to AddonModel.load. */
@@ -44,6 +49,8 @@ export interface AddonTensorSpec {
 export interface AddonModel {
   readonly isa: AddonIsa;
   readonly threads: number;
+  /** The CUDA device the model runs on, or null for the CPU engine. */
+  readonly device: number | null;
   /** 'f32' or 'f16' once loaded ('auto' resolved). */
   readonly precision: 'f32' | 'f16' | 'auto';
   /**
@@ -91,6 +98,16 @@ export interface AddonBatchStats {
    * attentionProj, mlpFc, mlpProj, lmHead.
    */
   readonly phaseSeconds?: Readonly<Record<string, number>>;
+  /**
+   * CUDA models only: device bytes held (weights, scratch, captured graphs and the KV caches
+   * that exist); decode passes replayed from a CUDA graph; graphs captured (one per decode batch
+   * size met). With MICROGPT_PROFILE=1, phaseSeconds is device time and hostSeconds the passes'
+   * host time outside the kernels.
+   */
+  readonly deviceBytes?: number;
+  readonly graphLaunches?: number;
+  readonly graphs?: number;
+  readonly hostSeconds?: number;
 }
 
 export interface AddonCudaDevice {
@@ -187,6 +204,57 @@ export interface AddonTesting {
   benchFmaPeak(isa: AddonIsa, threads: number, iters: number): number;
   /** Machine probe: GB/s reading a buffer of `megabytes` with vector loads on `threads` threads. */
   benchReadBandwidth(isa: AddonIsa, megabytes: number, threads: number, reps: number): number;
+  /**
+   * The CUDA module's kernels on `device`, one at a time, over host arrays (native/cuda/api.h):
+   * each means what the scalar reference of the same name means. They throw the module's why when
+   * it fails, or ERR_BACKEND_UNAVAILABLE when there is no usable module or device.
+   * cudaMatmul: out (T, N) = epilogue(x · W^T + b); variant 0 the engine's choice for T rows, 1
+   * the few-rows (decode) kernel, 2 the tiled kernel; `f16`: W given to the kernel in float16.
+   */
+  cudaMatmul(
+    device: number,
+    out: Float32Array,
+    x: Float32Array,
+    W: Float32Array,
+    b: Float32Array | null,
+    T: number,
+    K: number,
+    N: number,
+    epilogue: 0 | 1 | 2,
+    variant: 0 | 1 | 2,
+    f16?: boolean,
+  ): void;
+  /** out (T, C) = LayerNorm(x) * w + b. */
+  cudaLayernorm(device: number, out: Float32Array, x: Float32Array, w: Float32Array, b: Float32Array | null, T: number, C: number): void;
+  /** x (T, C) = wte[ids[t]] + wpe[start + t]; `f16`: wte given to the kernel in float16. */
+  cudaEmbedding(
+    device: number,
+    x: Float32Array,
+    ids: Int32Array,
+    wte: Float32Array,
+    wpe: Float32Array,
+    start: number,
+    T: number,
+    V: number,
+    C: number,
+    f16?: boolean,
+  ): void;
+  /**
+   * Causal self-attention of T new rows at positions start..start+T-1: qkv (T, 3C) their queries,
+   * keys and values; keys and values (start, C) the cache before them; out (T, C).
+   */
+  cudaAttention(
+    device: number,
+    out: Float32Array,
+    qkv: Float32Array,
+    keys: Float32Array,
+    values: Float32Array,
+    start: number,
+    T: number,
+    C: number,
+    nHead: number,
+    blockSize: number,
+  ): void;
 }
 
 /**
@@ -211,7 +279,7 @@ export interface AddonConfigLimits {
 
 /**
  * The addon's errors a user can cause carry a `code` (ERR_INVALID_ARGUMENT, ERR_INVALID_CONFIG,
- * ERR_DISPOSED), which index.ts turns into MicroGPTErrors.
+ * ERR_DISPOSED, ERR_BACKEND_UNAVAILABLE), which index.ts turns into MicroGPTErrors.
  */
 export interface Addon {
   /** Throws a RangeError (code ERR_INVALID_CONFIG or ERR_INVALID_ARGUMENT) for a config or thread count beyond the limits. */

@@ -1,14 +1,15 @@
 /**
  * The native engine: C++ kernels (AVX-512, AVX2, NEON or scalar, picked at run time) on a thread
  * pool, every forward pass off the main thread. This file adapts the raw addon (binding.ts) to
- * the engine interface of types.ts and turns its errors into MicroGPTErrors.
+ * the engine interface of types.ts and turns its errors into MicroGPTErrors. The CUDA engine
+ * (../cuda.ts) is the same addon model with a device: its runtime and sessions are these.
  */
 import { availableParallelism } from 'node:os';
 import { isAbsolute, relative, sep } from 'node:path';
 import type { ModelConfig } from '../../config.js';
 import { MicroGPTError, beyondFloat16, type MicroGPTErrorCode } from '../../errors.js';
 import { matricesBeyondFloat16, namedTensors, type ModelWeights } from '../../weights.js';
-import type { Backend, InferenceSession, ModelRuntime, Precision, RuntimeOptions } from '../types.js';
+import type { Backend, BackendName, InferenceSession, ModelRuntime, Precision, RuntimeOptions } from '../types.js';
 import { forcedIsa, loadAddon, packageRoot, type AddonBatchStats, type AddonIsa, type AddonModel, type AddonSession, type AddonTensor } from './binding.js';
 
 export interface NativeRuntimeOptions extends RuntimeOptions {
@@ -67,7 +68,7 @@ export const nativeBackend: Backend & {
     } catch (error) {
       translate(error);
     }
-    return new NativeRuntime(config, model);
+    return new NativeRuntime('native', config, model);
   },
 };
 
@@ -80,10 +81,10 @@ export function addonTensors(config: ModelConfig, weights: ModelWeights): AddonT
 }
 
 /** The codes of the addon's errors that a user can cause (binding.ts, Addon). */
-const ADDON_ERROR_CODES: readonly MicroGPTErrorCode[] = ['ERR_DISPOSED', 'ERR_INVALID_ARGUMENT', 'ERR_INVALID_CONFIG'];
+const ADDON_ERROR_CODES: readonly MicroGPTErrorCode[] = ['ERR_DISPOSED', 'ERR_INVALID_ARGUMENT', 'ERR_INVALID_CONFIG', 'ERR_BACKEND_UNAVAILABLE'];
 
 /** Rethrows the addon's coded errors as MicroGPTErrors; others as they are. */
-function translate(error: unknown): never {
+export function translate(error: unknown): never {
   const code = error instanceof Error ? (error as { code?: unknown }).code : undefined;
   if (error instanceof Error && ADDON_ERROR_CODES.includes(code as MicroGPTErrorCode)) {
     throw new MicroGPTError(code as MicroGPTErrorCode, error.message);
@@ -99,7 +100,13 @@ interface QueuedCall {
   readonly reject: (error: unknown) => void;
 }
 
+/** The engines that run in the addon: the CPU's, and the CUDA engine's (a model with a device). */
+export type AddonBackendName = Extract<BackendName, 'native' | 'cuda'>;
+
 /**
+ * A model of the addon, on the CPU ('native') or a CUDA device ('cuda'): the same runtime, its
+ * passes run on the model's engine thread either way.
+ *
  * Sessions' calls are not handed to the addon one by one: they are collected and handed over as
  * one group (`appendMany`) at the next turn of the event loop (setImmediate). Generation loops
  * in flight together (generateMany, concurrent generate calls) issue their next step in the same
@@ -108,7 +115,6 @@ interface QueuedCall {
  * step. Texts do not depend on the grouping: a batched row is computed exactly as an unbatched one.
  */
 export class NativeRuntime implements ModelRuntime {
-  readonly backend = 'native' as const;
   readonly computesOnMainThread = false;
   private model: AddonModel | null;
   private queued: QueuedCall[] = [];
@@ -116,10 +122,16 @@ export class NativeRuntime implements ModelRuntime {
   private sessionsOpen = 0;
 
   constructor(
+    readonly backend: AddonBackendName,
     readonly config: ModelConfig,
     model: AddonModel,
   ) {
     this.model = model;
+  }
+
+  /** The CUDA device the model runs on, or null on the CPU. */
+  get device(): number | null {
+    return this.live().device;
   }
 
   /** The instruction set the kernels run on. */
