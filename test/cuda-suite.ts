@@ -1,0 +1,487 @@
+// The CUDA engine's tests, defined once and run twice: against the emulated module (every kernel
+// on the CPU: test/cuda-emulated.test.ts, on any Linux checkout) and against the real module on a
+// GPU (test/cuda-engine.test.ts). The CPU engine (backend 'native') is the reference throughout,
+// and the PyTorch logits of the fixtures; the models are the tiny fixtures and small random ones,
+// and generations are short: the emulator runs each kernel's threads as fibers, one block at a time.
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { after, before, describe, test } from 'node:test';
+import { fileURLToPath } from 'node:url';
+import { cudaStatus, cudaUnavailableReason } from '../lib/backends/cuda.js';
+import { loadAddon, type AddonBatchStats, type AddonTesting } from '../lib/backends/native/binding.js';
+import type { NativeRuntime } from '../lib/backends/native/index.js';
+import type { ModelConfig } from '../lib/config.js';
+import type { GenerateOptions, GenerationResult } from '../lib/generate.js';
+import { createModel, loadModel, type LoadOptions, type Model } from '../lib/index.js';
+import { expected, expectedLogits, fixture, isMicroGPTError, maxAbsDiff, MODEL_NAMES, randomArray, randomTestWeights, runChild } from './helpers.js';
+
+export interface CudaSuiteOptions {
+  /** How the titles name the module: 'emulated' or 'GPU'. */
+  readonly name: string;
+  /** Why the whole suite is skipped (one line), or false. */
+  readonly skip: string | false;
+  /** The emulated module: its knobs (MICROGPT_CUDA_EMULATED_MEMORY, _DEVICES) are tested. */
+  readonly emulated: boolean;
+  /** What a child process needs in its environment to open the same module. */
+  readonly env: Readonly<Record<string, string>>;
+}
+
+/** Logits of the CUDA engine against the CPU engine's and PyTorch's. */
+const TOLERANCE = 1e-4;
+/** One kernel against the scalar reference: float sums in other orders. */
+const KERNEL_TOLERANCE = 1e-5;
+
+const DIST = new URL('../lib/index.js', import.meta.url).href;
+
+function runtimeOf(model: Model): NativeRuntime {
+  return model.runtimeForDiagnostics as NativeRuntime;
+}
+
+function statsOf(model: Model): AddonBatchStats {
+  return runtimeOf(model).batchStats;
+}
+
+/** Runs `fn` with environment variables set (the addon reads them at load, on this thread). */
+async function withEnv<T>(env: Record<string, string>, fn: () => Promise<T>): Promise<T> {
+  const old = Object.fromEntries(Object.keys(env).map((k) => [k, process.env[k]]));
+  Object.assign(process.env, env);
+  try {
+    return await fn();
+  } finally {
+    for (const [k, v] of Object.entries(old)) {
+      if (v === undefined) delete process.env[k];
+      else process.env[k] = v;
+    }
+  }
+}
+
+/** Sample `index` of generateMany(prompt, options), generated alone. */
+async function alone(model: Model, prompt: string, options: GenerateOptions, index: number): Promise<string> {
+  const stream = model.streamObserved(prompt, options, index, () => {});
+  for (;;) {
+    const step = await stream.next();
+    if (step.done === true) return (step.value as GenerationResult).text;
+  }
+}
+
+/** Largest |a - b| / (1 + |b|): float sums in different orders. */
+function relativeDiff(a: Float32Array, b: Float32Array): number {
+  assert.equal(a.length, b.length);
+  let worst = 0;
+  for (let i = 0; i < a.length; i++) {
+    const d = Math.abs((a[i] as number) - (b[i] as number)) / (1 + Math.abs(b[i] as number));
+    if (!(d <= worst)) worst = Number.isNaN(d) ? Infinity : d;
+  }
+  return worst;
+}
+
+export function defineCudaSuite(o: CudaSuiteOptions): void {
+  describe(`the CUDA engine (${o.name} module)`, { skip: o.skip }, () => {
+    test('the module is usable, and auto picks it', async () => {
+      assert.equal(cudaUnavailableReason(), null, 'backend cuda is available');
+      const status = cudaStatus();
+      assert.ok(status !== null && status.devices.some((d) => d.usable));
+      if (o.emulated) assert.deepEqual(status.devices.map((d) => [d.name, d.computeCapability]), [['microgpt CUDA emulator (CPU)', '9.0']]);
+      const model = await loadModel(fixture('models', 'tiny-bias'));
+      assert.equal(model.backend, 'cuda');
+      assert.equal(runtimeOf(model).device, 0);
+      model.dispose();
+    });
+
+    for (const name of MODEL_NAMES) {
+      const e = expected(name);
+      describe(`${name} on cuda`, () => {
+        let cuda: Model;
+        let native: Model;
+        before(async () => {
+          cuda = await loadModel(fixture(e.checkpoint), { backend: 'cuda' });
+          native = await loadModel(fixture(e.checkpoint), { backend: 'native' });
+        });
+        after(() => {
+          cuda.dispose();
+          native.dispose();
+        });
+
+        test('logits of T = 1 and T = blockSize match the CPU engine and PyTorch within 1e-4', async () => {
+          assert.equal(cuda.backend, 'cuda');
+          assert.equal(cuda.precision, native.precision);
+          const ids = e.logits.ids;
+          assert.equal(ids.length, e.config.blockSize);
+          const logits = await cuda.logits(ids);
+          assert.ok(maxAbsDiff(logits, expectedLogits(e)) < TOLERANCE, `vs torch: ${maxAbsDiff(logits, expectedLogits(e))}`);
+          assert.ok(maxAbsDiff(logits, await native.logits(ids)) < TOLERANCE, `vs native: ${maxAbsDiff(logits, await native.logits(ids))}`);
+          for (const id of [ids[0] as number, 0, e.config.vocabSize - 1]) {
+            const one = await cuda.logits([id]);
+            assert.ok(maxAbsDiff(one, await native.logits([id])) < TOLERANCE, `T = 1, id ${id}`);
+          }
+        });
+
+        test('a session (prefill, then decode steps, in any chunking) gives the rows of a full forward pass', async () => {
+          const runtime = runtimeOf(cuda);
+          const V = e.config.vocabSize;
+          const ids = Int32Array.from(e.logits.ids);
+          const T = ids.length;
+          const full = await runtime.forward(ids);
+          for (const chunks of [[3, ...Array<number>(T - 3).fill(1)], [2, 5, T - 7], [T]]) {
+            const session = runtime.createSession();
+            let at = 0;
+            for (const size of chunks) {
+              const last = size === 1 ? await session.decode(ids[at] as number) : await session.prefill(ids.subarray(at, at + size));
+              at += size;
+              assert.equal(session.length, at);
+              const d = maxAbsDiff(last, full.subarray((at - 1) * V, at * V));
+              assert.ok(d < TOLERANCE, `chunks ${chunks.join(',')}: position ${at - 1}: ${d}`);
+            }
+            await assert.rejects(session.decode(1), /exceeds blockSize/);
+            session.reset();
+            const again = await session.prefill(ids.subarray(0, 2));
+            assert.ok(maxAbsDiff(again, full.subarray(V, 2 * V)) < TOLERANCE, 'after reset');
+            session.dispose();
+          }
+        });
+
+        test(`greedy decoding past blockSize gives the CPU engine's text (and nanoGPT's), under 'slide' and 'shift'`, async () => {
+          const opts = { temperature: 0, maxNewTokens: e.greedy.maxNewTokens };
+          const text = await cuda.generate(e.greedy.prompt, opts);
+          assert.equal(text, e.greedy.continuation);
+          assert.equal(text, await native.generate(e.greedy.prompt, opts));
+          const shift = { ...opts, context: 'shift' } as const;
+          assert.equal(await cuda.generate(e.greedy.prompt, shift), await native.generate(e.greedy.prompt, shift));
+        });
+
+        test('a seeded temperature and top-k sample gives the CPU engine\'s text', async () => {
+          const s = e.sampled[0]!;
+          const opts = { seed: s.seed, temperature: s.temperature, topK: s.topK, maxNewTokens: s.maxNewTokens };
+          const text = await cuda.generate(e.greedy.prompt, opts);
+          assert.equal(text, s.continuation);
+          assert.equal(text, await native.generate(e.greedy.prompt, opts));
+        });
+      });
+    }
+
+    describe('batching', () => {
+      let cuda: Model;
+      let native: Model;
+      const e = expected('tiny-bias');
+      before(async () => {
+        cuda = await loadModel(fixture(e.checkpoint), { backend: 'cuda' });
+        native = await loadModel(fixture(e.checkpoint), { backend: 'native' });
+      });
+      after(() => {
+        cuda.dispose();
+        native.dispose();
+      });
+
+      test('generateMany gives the texts of each sample alone, and the CPU engine\'s, in batched passes', async () => {
+        const opts = { seed: 5, temperature: 1, topK: 20, maxNewTokens: 12, numSamples: 4 };
+        const before = statsOf(cuda);
+        const texts = await cuda.generateMany('\n', opts);
+        const after = statsOf(cuda);
+        assert.ok(after.largestBatch > 1, `largest batch ${after.largestBatch}`);
+        assert.ok(after.passes - before.passes < after.requests - before.requests, 'fewer passes than requests');
+        assert.deepEqual(texts, await native.generateMany('\n', opts));
+        const { numSamples, ...one } = opts;
+        for (let i = 0; i < numSamples; i++) assert.equal(await alone(cuda, '\n', one, i), texts[i], `sample ${i}`);
+      });
+
+      test('concurrent generate calls give their texts alone, a batch wider than a few rows too', async () => {
+        const prompts = Array.from({ length: 20 }, (_, i) => e.greedy.prompt.slice(0, 1 + (i % 5)));
+        const opts = (i: number) => ({ seed: 100 + i, temperature: 0.9, maxNewTokens: 6 });
+        const together = await Promise.all(prompts.map((p, i) => cuda.generate(p, opts(i))));
+        assert.ok(statsOf(cuda).largestBatch >= 16, `largest batch ${statsOf(cuda).largestBatch}`);
+        for (let i = 0; i < prompts.length; i += 7) assert.equal(await cuda.generate(prompts[i]!, opts(i)), together[i], `call ${i}`);
+        assert.deepEqual(together, await Promise.all(prompts.map((p, i) => native.generate(p, opts(i)))));
+      });
+    });
+
+    describe('a random 2-layer model, 48 wide in 3 heads, with bias (sizes off the vector width)', () => {
+      const config: ModelConfig = { vocabSize: 67, blockSize: 20, nLayer: 2, nHead: 3, nEmbd: 48, bias: true };
+      const weights = randomTestWeights(config, 7);
+      const vocab = Array.from({ length: 67 }, (_, i) => String.fromCharCode(48 + i));
+      const ids = Array.from({ length: 20 }, (_, i) => (i * 11 + 5) % 67);
+      const make = (options: Omit<LoadOptions, 'meta'>) => createModel(config, weights, vocab, options);
+
+      test('f32 and f16 logits match the CPU engine in the same precision within 1e-4', async () => {
+        for (const precision of ['f32', 'f16'] as const) {
+          const cuda = await make({ backend: 'cuda', precision });
+          const native = await make({ backend: 'native', precision });
+          assert.equal(cuda.precision, precision);
+          const d = maxAbsDiff(await cuda.logits(ids), await native.logits(ids));
+          assert.ok(d < TOLERANCE, `${precision}: ${d}`);
+          const one = maxAbsDiff(await cuda.logits(ids.slice(0, 1)), await native.logits(ids.slice(0, 1)));
+          assert.ok(one < TOLERANCE, `${precision}, T = 1: ${one}`);
+          cuda.dispose();
+          native.dispose();
+        }
+      });
+
+      test('decode steps replayed from CUDA graphs give the logits of launched kernels, bit for bit', async () => {
+        const trace = async (model: Model) => {
+          const runtime = runtimeOf(model);
+          const sessions = [runtime.createSession(), runtime.createSession()];
+          const out: Float32Array[] = [];
+          await Promise.all(sessions.map(async (s, i) => out.push((await s.prefill(Int32Array.from(ids.slice(i, i + 3)))).slice())));
+          for (let step = 0; step < 8; step++) {
+            // Alternately one session and both: two batch sizes, each replayed.
+            const stepping = step % 2 === 0 ? sessions : sessions.slice(0, 1);
+            const rows = await Promise.all(stepping.map((s, i) => s.decode(ids[(3 + step + i) % ids.length]!)));
+            for (const r of rows) out.push(r.slice());
+          }
+          for (const s of sessions) s.dispose();
+          return out;
+        };
+        const graphs = await make({ backend: 'cuda' });
+        const launched = await withEnv({ MICROGPT_CUDA_GRAPHS: '0' }, () => make({ backend: 'cuda' }));
+        const a = await trace(graphs);
+        const b = await trace(launched);
+        assert.deepEqual(a, b);
+        const on = statsOf(graphs);
+        const off = statsOf(launched);
+        assert.ok((on.graphs ?? 0) >= 1 && (on.graphLaunches ?? 0) > 0, `graphs on: ${JSON.stringify(on)}`);
+        assert.equal(off.graphLaunches, 0);
+        assert.equal(off.graphs, 0);
+        graphs.dispose();
+        launched.dispose();
+      });
+
+      test('stats: device bytes (the KV caches counted), and with MICROGPT_PROFILE=1 device time by step and host time', async () => {
+        const model = await withEnv({ MICROGPT_PROFILE: '1' }, () => make({ backend: 'cuda' }));
+        const runtime = runtimeOf(model);
+        const empty = statsOf(model);
+        assert.ok((empty.deviceBytes ?? 0) > 0, JSON.stringify(empty));
+        assert.equal(empty.widestLease, 0, 'no compute-budget lease');
+        const session = runtime.createSession();
+        await session.prefill(Int32Array.from(ids.slice(0, 5)));
+        for (let i = 0; i < 3; i++) await session.decode(ids[5 + i]!);
+        const s = statsOf(model);
+        assert.ok((s.deviceBytes ?? 0) > (empty.deviceBytes ?? 0), 'a session holds a cache on the device');
+        assert.equal(s.cachesAllocated, 1);
+        assert.equal(s.passes, 4);
+        assert.ok(s.phaseSeconds !== undefined && Object.keys(s.phaseSeconds).length === 8, JSON.stringify(s));
+        assert.ok(Object.values(s.phaseSeconds).every((v) => v >= 0) && Object.values(s.phaseSeconds).some((v) => v > 0));
+        assert.ok((s.hostSeconds ?? 0) > 0);
+        assert.equal(s.graphLaunches, 0, 'no graphs while profiling');
+        session.dispose();
+        assert.equal(model.precision, 'f32');
+        model.dispose();
+        // The CPU engine's stats have none of the device's fields.
+        const native = await make({ backend: 'native' });
+        assert.equal(statsOf(native).deviceBytes, undefined);
+        assert.equal(runtimeOf(native).device, null);
+        native.dispose();
+      });
+    });
+
+    describe('lifetimes and refusals', () => {
+      const e = expected('tiny-bias');
+
+      test('dispose while passes are in flight: they settle, later calls are ERR_DISPOSED', async () => {
+        const model = await loadModel(fixture(e.checkpoint), { backend: 'cuda' });
+        const runtime = runtimeOf(model);
+        const session = runtime.createSession();
+        const other = runtime.createSession();
+        await other.prefill(Int32Array.of(1, 2));
+        const pending = [runtime.forward(Int32Array.of(1, 2, 3)), session.prefill(Int32Array.of(4, 5)), other.decode(3)];
+        session.dispose();
+        model.dispose();
+        const [all, last, step] = await Promise.all(pending);
+        assert.equal(all?.length, 3 * 65);
+        assert.equal(last?.length, 65);
+        assert.equal(step?.length, 65);
+        const disposed = isMicroGPTError('ERR_DISPOSED', /disposed/);
+        await assert.rejects(runtime.forward(Int32Array.of(1)), disposed);
+        await assert.rejects(other.decode(1), disposed);
+        assert.throws(() => runtime.createSession(), disposed);
+        await assert.rejects(model.generate('a'), disposed);
+      });
+
+      test('a device that does not exist is refused naming the devices; device with a CPU backend is an error', async () => {
+        const count = cudaStatus()!.devices.length;
+        const unavailable = isMicroGPTError('ERR_BACKEND_UNAVAILABLE', new RegExp(`^backend 'cuda' is not available: there is no CUDA device 5: this machine has ${count} devices? \\(0: `));
+        await assert.rejects(loadModel(fixture(e.checkpoint), { backend: 'cuda', device: 5 }), unavailable);
+        await assert.rejects(loadModel(fixture(e.checkpoint), { device: 5 }), unavailable);
+        await assert.rejects(loadModel(fixture(e.checkpoint), { backend: 'native', device: 0 }), isMicroGPTError('ERR_INVALID_ARGUMENT', /backend 'native' has none/));
+        await assert.rejects(loadModel(fixture(e.checkpoint), { backend: 'cuda', device: -1 }), isMicroGPTError('ERR_INVALID_ARGUMENT', /device must be/));
+        const addon = loadAddon().addon!;
+        assert.throws(() => new addon.Model(e.config, { threads: 1, device: 5 }), /there is no CUDA device 5/);
+        const model = await loadModel(fixture(e.checkpoint), { backend: 'cuda', device: 0 });
+        assert.equal(runtimeOf(model).device, 0);
+        model.dispose();
+      });
+
+      test('the CLI takes --device', () => {
+        const cli = fileURLToPath(new URL('../lib/cli.js', import.meta.url));
+        const run = (...args: string[]) =>
+          spawnSync(process.execPath, [cli, 'generate', '--model', fixture(e.checkpoint), '--backend', 'cuda', ...args], {
+            encoding: 'utf8',
+            env: { ...process.env, ...o.env },
+            timeout: 60_000,
+          });
+        const r = run('--device', '0', '--temperature', '0', '--max-new-tokens', '10', '--json', '--prompt', e.greedy.prompt);
+        assert.equal(r.status, 0, r.stderr);
+        const out = JSON.parse(r.stdout) as { text: string; backend: string };
+        assert.equal(out.backend, 'cuda');
+        assert.equal(out.text, e.greedy.continuation.slice(0, 10));
+        const bad = run('--device', '7');
+        assert.equal(bad.status, 1);
+        assert.match(bad.stderr, /^microgpt: backend 'cuda' is not available: there is no CUDA device 7/);
+        assert.equal(bad.stderr.trim().split('\n').length, 1);
+      });
+
+      test('a model the device memory cannot hold is refused: ERR_BACKEND_UNAVAILABLE, out of memory', { skip: !o.emulated && 'needs the emulator\'s memory cap' }, () => {
+        const script = `
+          const m = await import(${JSON.stringify(DIST)});
+          try { await m.loadModel(${JSON.stringify(fixture(e.checkpoint))}, { backend: 'cuda' }); console.log('loaded'); }
+          catch (error) { console.log(JSON.stringify({ code: error.code, message: error.message })); }`;
+        const r = runChild(script, { ...o.env, MICROGPT_CUDA_EMULATED_MEMORY: '4096' });
+        assert.equal(r.status, 0, r.stderr);
+        const out = JSON.parse(r.stdout) as { code: string; message: string };
+        assert.equal(out.code, 'ERR_BACKEND_UNAVAILABLE');
+        assert.match(out.message, /^CUDA device 0 \(microgpt CUDA emulator \(CPU\)\) is out of memory for this model/);
+        assert.ok(!out.message.includes('\n'));
+      });
+
+      test("without a device, backend 'cuda' refuses and 'auto' picks the CPU engine", { skip: !o.emulated && 'needs the emulator\'s device count' }, () => {
+        const script = `
+          const m = await import(${JSON.stringify(DIST)});
+          let error = null;
+          try { await m.loadModel(${JSON.stringify(fixture(e.checkpoint))}, { backend: 'cuda' }); } catch (e) { error = e.code + ': ' + e.message; }
+          const auto = await m.loadModel(${JSON.stringify(fixture(e.checkpoint))});
+          console.log(JSON.stringify({ error, auto: auto.backend, cuda: m.availableBackends().find((b) => b.name === 'cuda') }));`;
+        const r = runChild(script, { ...o.env, MICROGPT_CUDA_EMULATED_DEVICES: '0' });
+        assert.equal(r.status, 0, r.stderr);
+        const out = JSON.parse(r.stdout) as { error: string; auto: string; cuda: { available: boolean; reason: string } };
+        assert.equal(out.cuda.available, false);
+        assert.match(out.error, /^ERR_BACKEND_UNAVAILABLE: backend 'cuda' is not available: /);
+        assert.ok(out.error.includes(out.cuda.reason), out.error);
+        assert.equal(out.auto, 'native');
+      });
+    });
+
+    describe('single kernels against the scalar reference', () => {
+      let testing: AddonTesting;
+      before(() => {
+        testing = loadAddon().addon!.testing;
+      });
+      const close = (got: Float32Array, want: Float32Array, what: string) => {
+        const d = relativeDiff(got, want);
+        assert.ok(d <= KERNEL_TOLERANCE, `${what}: ${d}`);
+      };
+
+      test('matmul: both kernels, float32 and float16 weights, every epilogue, with and without bias', () => {
+        // T = 1 (decode), a few rows, the few-rows kernel's widest, a block; sizes off the vector width.
+        const shapes = [
+          [1, 37, 33],
+          [3, 48, 144],
+          [16, 37, 65],
+          [24, 64, 33],
+          [33, 100, 47],
+        ] as const;
+        let seed = 1;
+        for (const [T, K, N] of shapes) {
+          const x = randomArray(T * K, seed++);
+          const W = randomArray(N * K, seed++, 0.2);
+          const bias = randomArray(N, seed++, 0.1);
+          const init = randomArray(T * N, seed++);
+          for (const f16 of [false, true]) {
+            for (const b of [bias, null]) {
+              for (const epilogue of [0, 1, 2] as const) {
+                const want = init.slice();
+                testing.matmul('scalar', want, x, W, b, T, K, N, epilogue, f16);
+                for (const variant of [0, 1, 2] as const) {
+                  if (variant === 1 && T > 16) continue; // the few-rows kernel takes up to 16 rows
+                  const got = init.slice();
+                  testing.cudaMatmul(0, got, x, W, b, T, K, N, epilogue, variant, f16);
+                  close(got, want, `T ${T} K ${K} N ${N} ${f16 ? 'f16' : 'f32'} ${b ? 'bias' : 'no bias'} epilogue ${epilogue} variant ${variant}`);
+                }
+              }
+            }
+          }
+        }
+      });
+
+      test('layernorm: one row, a block of rows, widths off the vector width, with and without bias', () => {
+        let seed = 50;
+        for (const [T, C] of [[1, 48], [5, 37], [20, 36], [3, 256]] as const) {
+          const x = randomArray(T * C, seed++, 2).map((v, i) => v + (i % 3)); // rows of nonzero mean
+          const w = randomArray(C, seed++, 0.3).map((v) => v + 1);
+          const b = randomArray(C, seed++, 0.1);
+          for (const bias of [b, null]) {
+            const want = new Float32Array(T * C);
+            const got = new Float32Array(T * C);
+            testing.layernorm('scalar', want, x, w, bias, T, C);
+            testing.cudaLayernorm(0, got, x, w, bias, T, C);
+            close(got, want, `T ${T} C ${C} ${bias ? 'bias' : 'no bias'}`);
+          }
+        }
+      });
+
+      test('embedding: token and position rows from any start, float32 and float16 token rows', () => {
+        const V = 67;
+        for (const [start, T, C] of [[0, 1, 48], [5, 1, 37], [0, 20, 36], [7, 9, 48]] as const) {
+          const wte = randomArray(V * C, 70 + start, 1);
+          const wpe = randomArray((start + T) * C, 80 + T, 0.5);
+          const ids = Int32Array.from({ length: T }, (_, t) => (t * 13 + start) % V);
+          for (const f16 of [false, true]) {
+            const table = wte.slice();
+            if (f16) testing.f16Round(table);
+            const want = new Float32Array(T * C);
+            for (let t = 0; t < T; t++) {
+              for (let c = 0; c < C; c++) want[t * C + c] = Math.fround(table[ids[t]! * C + c]! + wpe[(start + t) * C + c]!);
+            }
+            const got = new Float32Array(T * C);
+            testing.cudaEmbedding(0, got, ids, wte, wpe, start, T, V, C, f16);
+            assert.deepEqual(got, want, `start ${start} T ${T} C ${C} ${f16 ? 'f16' : 'f32'}`);
+          }
+        }
+      });
+
+      test('attention: a decode step and prefills over an empty or filled cache, heads of odd width', () => {
+        const blockSize = 24;
+        // [start, T, C, heads]: T = 1 at 0 and deep into the cache, T = blockSize, a prefill after a cache.
+        for (const [start, T, C, heads] of [[0, 1, 48, 3], [17, 1, 36, 3], [0, 24, 48, 3], [9, 15, 36, 4], [3, 5, 32, 2]] as const) {
+          const hs = C / heads;
+          const qkv = randomArray(T * 3 * C, 90 + start + T, 1);
+          const keys = randomArray(start * C, 91 + T, 1);
+          const values = randomArray(start * C, 92 + C, 1);
+          const n = start + T;
+          const want = new Float32Array(T * C);
+          // Every position's key and value, head by head, in the reference kernel's layout.
+          const key = (j: number, c: number) => (j < start ? keys[j * C + c]! : qkv[(j - start) * 3 * C + C + c]!);
+          const value = (j: number, c: number) => (j < start ? values[j * C + c]! : qkv[(j - start) * 3 * C + 2 * C + c]!);
+          const tiles = Math.ceil(n / 16);
+          for (let h = 0; h < heads; h++) {
+            const tiled = new Float32Array(tiles * hs * 16);
+            const rows = new Float32Array(n * hs);
+            for (let j = 0; j < n; j++) {
+              for (let d = 0; d < hs; d++) {
+                tiled[Math.floor(j / 16) * hs * 16 + d * 16 + (j % 16)] = key(j, h * hs + d);
+                rows[j * hs + d] = value(j, h * hs + d);
+              }
+            }
+            for (let t = 0; t < T; t++) {
+              const q = qkv.slice(t * 3 * C + h * hs, t * 3 * C + (h + 1) * hs);
+              const out = new Float32Array(hs);
+              testing.attention('scalar', out, q, tiled, rows, 1, start + t, hs, hs, hs * 16, hs);
+              want.set(out, t * C + h * hs);
+            }
+          }
+          const got = new Float32Array(T * C);
+          testing.cudaAttention(0, got, qkv, keys, values, start, T, C, heads, blockSize);
+          close(got, want, `start ${start} T ${T} C ${C} heads ${heads}`);
+        }
+      });
+
+      test("bad arguments come back as the module's reason, an unusable device as ERR_BACKEND_UNAVAILABLE", () => {
+        const a = new Float32Array(17 * 4);
+        // The few-rows kernel takes at most 16 rows: the module refuses, the addon says so.
+        assert.throws(() => testing.cudaMatmul(0, a, a, a, null, 17, 2, 2, 0, 1), /^Error: the CUDA matmul kernel failed: ./);
+        assert.throws(() => testing.cudaAttention(0, a, a, a, a, 3, 2, 4, 1, 4), /start \+ T must be at most blockSize/);
+        assert.throws(
+          () => testing.cudaMatmul(9, a, a, a, null, 1, 2, 2, 0, 0),
+          (e: unknown) => (e as { code?: string }).code === 'ERR_BACKEND_UNAVAILABLE' && /there is no CUDA device 9/.test(String(e)),
+        );
+      });
+    });
+  });
+}
