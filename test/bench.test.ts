@@ -94,3 +94,37 @@ test('the table and the chart show every figure of every engine', () => {
   assert.match(svg, />2,640</);
   assert.match(svg, />4,200</);
 });
+
+test('the cuda engine gets a column, a line naming its device, and neither a GEMM column nor a CPU bandwidth fraction', () => {
+  const f = (median: number): Figure => ({ median, runs: [median], unit: 'tokens/s' });
+  const figures = (k: number) => ({ decodeBatch1: f(100 * k), decodeBatch8: f(400 * k), prefillBatch1: f(1000 * k), prefillBatch8: f(2000 * k) });
+  const report: BenchReport = {
+    date: '2026-12-01T12:00:00.000Z',
+    machine: { cpu: 'Test CPU', logicalCores: 16, node: 'v20', platform: 'linux-x64' },
+    threads: 16,
+    native: { isa: 'avx512', fmaPeakGflops: { median: 1000, runs: [1000], unit: 'GFLOP/s' }, fmaPeak: 1000 },
+    cuda: { device: 0, name: 'Test GPU', computeCapability: '9.0' },
+    shapes: [
+      {
+        shape: 'char-10M',
+        config: BENCH_SHAPES['char-10M']!,
+        parameters: 1,
+        weightBytes: 4,
+        weights: 'random',
+        engines: { cuda: figures(30), native: figures(3) },
+        bandwidth: { readGBs: f(60), decodeFraction: { native: 0.5 } },
+      },
+    ],
+    gemm: [{ label: '1024³', M: 1024, N: 1024, K: 1024, engines: { native: f(500) }, peakFraction: 0.5 }],
+  };
+  const table = formatBenchReport(report);
+  assert.match(table, /^cuda engine: device 0, Test GPU \(compute capability 9\.0\)$/m);
+  assert.match(table, /\| shape \| figure \| cuda \| native \| cuda\/native \|/);
+  assert.match(table, /\| char-10M \| decode, batch 1 \(tokens\/s\) \| 3,000 \| 300 \| 10\.0× \|/);
+  assert.match(table, /\| GEMM \(GFLOP\/s\) \| native \| native \/ FMA peak \|/);
+  assert.match(table, /reaches native 50\.0 % of that/);
+  const svg = benchChartSvg(report);
+  assert.equal((svg.match(/<rect x="210"/g) ?? []).length, 8);
+  assert.match(svg, />cuda</);
+  assert.match(svg, />3,000</);
+});
