@@ -341,6 +341,36 @@ export function defineCudaSuite(o: CudaSuiteOptions): void {
         assert.ok(!out.message.includes('\n'));
       });
 
+      test('a KV cache the device memory cannot hold fails that request alone; a cache given back serves the next', { skip: !o.emulated && 'needs the emulator\'s memory cap' }, async () => {
+        // The model's bytes and one cache's, measured here (no cap), then a cap of one and a half caches.
+        const model = await loadModel(fixture(e.checkpoint), { backend: 'cuda' });
+        const runtime = runtimeOf(model);
+        const weights = statsOf(model).deviceBytes ?? 0;
+        const probe = runtime.createSession();
+        await probe.prefill(Int32Array.of(1));
+        const cache = (statsOf(model).deviceBytes ?? 0) - weights;
+        model.dispose();
+        assert.ok(weights > 0 && cache > 0, `${weights}, ${cache}`);
+        const script = `
+          const m = await import(${JSON.stringify(DIST)});
+          const model = await m.loadModel(${JSON.stringify(fixture(e.checkpoint))}, { backend: 'cuda' });
+          const runtime = model.runtimeForDiagnostics;
+          const [a, b] = [runtime.createSession(), runtime.createSession()];
+          const r = await Promise.allSettled([a.prefill(Int32Array.of(1, 2)), b.prefill(Int32Array.of(3, 4))]);
+          const first = r.map((x) => (x.status === 'fulfilled' ? 'ok' : x.reason.message));
+          a.dispose();
+          const again = await b.prefill(Int32Array.of(3, 4)).then(() => 'ok', (error) => error.message);
+          console.log(JSON.stringify({ first, again, length: b.length, caches: runtime.batchStats.cachesAllocated }));`;
+        const r = runChild(script, { ...o.env, MICROGPT_CUDA_EMULATED_MEMORY: String(weights + Math.floor(1.5 * cache)) });
+        assert.equal(r.status, 0, r.stderr);
+        const out = JSON.parse(r.stdout) as { first: string[]; again: string; length: number; caches: number };
+        assert.equal(out.first[0], 'ok');
+        assert.match(out.first[1] as string, /^no KV cache on CUDA device 0 \(microgpt CUDA emulator \(CPU\)\): .*out of memory/);
+        assert.equal(out.again, 'ok');
+        assert.equal(out.length, 2);
+        assert.equal(out.caches, 1, 'the second session took the first one\'s cache from the pool');
+      });
+
       test("without a device, backend 'cuda' refuses and 'auto' picks the CPU engine", { skip: !o.emulated && 'needs the emulator\'s device count' }, () => {
         const script = `
           const m = await import(${JSON.stringify(DIST)});
