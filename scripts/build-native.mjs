@@ -37,8 +37,11 @@ try {
     parallel: availableParallelism(),
     logLevel: quiet ? 'warn' : 'info',
     // The CUDA module (CMakeLists.txt): AUTO unless MICROGPT_CUDA says ON (the release's
-    // linux-x64 build, which must carry it) or OFF.
-    ...(process.env.MICROGPT_CUDA ? { cMakeOptions: { MICROGPT_CUDA: process.env.MICROGPT_CUDA } } : {}),
+    // linux-x64 build, which must carry it) or OFF. The emulated one likewise with
+    // MICROGPT_CUDA_EMULATOR (prebuilds turn it OFF: scripts/prebuildify-cmake.mjs).
+    cMakeOptions: Object.fromEntries(
+      ['MICROGPT_CUDA', 'MICROGPT_CUDA_EMULATOR'].filter((name) => process.env[name]).map((name) => [name, process.env[name]]),
+    ),
   });
   await build.rebuild();
 } catch (error) {
@@ -49,5 +52,6 @@ if (!existsSync(join(root, 'build', 'Release', 'microgpt.node'))) {
   console.error('microgpt: the native build finished but build/Release/microgpt.node is missing');
   process.exit(1);
 }
-const cuda = existsSync(join(root, 'build', 'Release', 'microgpt_cuda.so')) ? ' and the CUDA module (microgpt_cuda.so)' : '';
-if (!quiet) console.log(`microgpt: built build/Release/microgpt.node${cuda} in ${((Date.now() - started) / 1000).toFixed(1)} s`);
+const built = ['microgpt_cuda.so', 'microgpt_cuda_emulated.so'].filter((f) => existsSync(join(root, 'build', 'Release', f)));
+const extra = built.length > 0 ? ` and ${built.join(', ')}` : '';
+if (!quiet) console.log(`microgpt: built build/Release/microgpt.node${extra} in ${((Date.now() - started) / 1000).toFixed(1)} s`);

@@ -39,6 +39,8 @@ for (const [platform, want] of Object.entries(REQUIRED)) {
     problems.push(`no prebuilt binary for ${platform}`);
     continue;
   }
+  // The emulated CUDA module is a test tool (CMakeLists.txt), never shipped.
+  if (existsSync(join(dir, 'microgpt_cuda_emulated.so'))) problems.push(`prebuilds/${platform}/microgpt_cuda_emulated.so is the emulated CUDA module, a test tool`);
   for (const name of binaries) {
     const got = header(join(dir, name));
     if (got === null || got.format !== want.format || got.machine !== want.machine) {

@@ -23,7 +23,12 @@ if (args.includes('--debug')) {
   process.exit(1);
 }
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
-const result = spawnSync(process.execPath, [join(root, 'scripts', 'build-native.mjs')], { stdio: 'inherit' });
+// Without the emulated CUDA module (a test tool, built by AUTO in a git checkout such as the
+// release workflow's): prebuildify takes every shared library beside the addon.
+const result = spawnSync(process.execPath, [join(root, 'scripts', 'build-native.mjs')], {
+  stdio: 'inherit',
+  env: { ...process.env, MICROGPT_CUDA_EMULATOR: 'OFF' },
+});
 // prebuildify then takes the .node file and the shared libraries beside it in build/Release/: the
 // CUDA module, where one was built, lands in the prebuild's folder, where the addon looks for it
 // (native/cuda_loader.cpp).
