@@ -586,7 +586,7 @@ MICROGPT_CUDA_EXPORT MicrogptCudaModel* microgpt_cuda_model_create(int device, c
     say(why, why_size, "invalid config");
     return nullptr;
   }
-  const int per_layer = c.bias ? 12 : 8;
+  const int per_layer = c.bias ? 12 : 6;
   const int expected = 2 + c.n_layer * per_layer + (c.bias ? 2 : 1);
   if (n_tensors != expected) {
     say(why, why_size, "expected " + std::to_string(expected) + " tensors, got " + std::to_string(n_tensors));
@@ -641,6 +641,10 @@ MICROGPT_CUDA_EXPORT MicrogptCudaModel* microgpt_cuda_model_create(int device, c
 
     m->weights32 = DeviceBuffer(bytes32);
     m->weights16 = DeviceBuffer(bytes16);
+    check(cudaStreamCreateWithFlags(&m->stream, cudaStreamNonBlocking), "cudaStreamCreateWithFlags");
+    // Uploaded in the model's stream, which its passes use: each copy has left its (pageable)
+    // source when the call returns, and the stream orders the rest. No device-wide
+    // synchronisation: another model may be capturing a graph meanwhile.
     {
       std::vector<uint16_t> half;
       for (size_t i = 0; i < items.size(); i++) {
@@ -648,11 +652,13 @@ MICROGPT_CUDA_EXPORT MicrogptCudaModel* microgpt_cuda_model_create(int device, c
         if (to_half) {
           half.resize(items[i].count);
           for (size_t k = 0; k < items[i].count; k++) half[k] = float_to_half(items[i].data[k]);
-          check(cudaMemcpy(m->weights16.as<unsigned char>() + offset[i], half.data(), items[i].count * 2, cudaMemcpyHostToDevice),
+          check(cudaMemcpyAsync(m->weights16.as<unsigned char>() + offset[i], half.data(), items[i].count * 2,
+                                cudaMemcpyHostToDevice, m->stream),
                 "uploading the weights");
+          check(cudaStreamSynchronize(m->stream), "uploading the weights");  // `half` is refilled next
         } else {
-          check(cudaMemcpy(m->weights32.as<unsigned char>() + offset[i], items[i].data, items[i].count * 4,
-                           cudaMemcpyHostToDevice),
+          check(cudaMemcpyAsync(m->weights32.as<unsigned char>() + offset[i], items[i].data, items[i].count * 4,
+                                cudaMemcpyHostToDevice, m->stream),
                 "uploading the weights");
         }
       }
@@ -688,9 +694,7 @@ MICROGPT_CUDA_EXPORT MicrogptCudaModel* microgpt_cuda_model_create(int device, c
     }
     m->lnf_w = f32();
     m->lnf_b = bias();
-    // The uploads ran on the legacy stream, which the model's own (non-blocking) stream does not
-    // wait for: done before any pass.
-    check(cudaDeviceSynchronize(), "uploading the weights");
+    check(cudaStreamSynchronize(m->stream), "uploading the weights");
 
     m->x = DeviceBuffer(row_bytes);
     m->xn = DeviceBuffer(row_bytes);
@@ -701,7 +705,6 @@ MICROGPT_CUDA_EXPORT MicrogptCudaModel* microgpt_cuda_model_create(int device, c
     m->table = DeviceBuffer(m->table_bytes);
     m->table_host = PinnedBuffer(m->table_bytes);
     m->logits_host = PinnedBuffer(sizeof(float) * c.max_batch * V);
-    check(cudaStreamCreateWithFlags(&m->stream, cudaStreamNonBlocking), "cudaStreamCreateWithFlags");
     if ((flags & MICROGPT_CUDA_PROFILE) != 0) {
       const size_t marks = 1 + 1 + 7 * L + 1;
       m->marks.assign(marks, nullptr);
