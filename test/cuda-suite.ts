@@ -406,6 +406,7 @@ export function defineCudaSuite(o: CudaSuiteOptions): void {
           [16, 37, 65],
           [24, 64, 33],
           [33, 100, 47],
+          [70, 37, 130], // several tiles both ways, the last of each partial
         ] as const;
         let seed = 1;
         for (const [T, K, N] of shapes) {

@@ -61,9 +61,14 @@ std::string failure_text(const CudaFailure& f) {
   return std::string("CUDA error in ") + f.what + ": " + cudaGetErrorString(f.status);
 }
 
+// bytes as people read them: "12.6 MB", "48.0 kB".
 std::string megabytes(size_t bytes) {
   char text[32];
-  std::snprintf(text, sizeof text, "%.1f MB", static_cast<double>(bytes) / 1e6);
+  if (bytes >= 1000000) {
+    std::snprintf(text, sizeof text, "%.1f MB", static_cast<double>(bytes) / 1e6);
+  } else {
+    std::snprintf(text, sizeof text, "%.1f kB", static_cast<double>(bytes) / 1e3);
+  }
   return text;
 }
 
