@@ -37,6 +37,10 @@ export class Sampler {
   private probs: Float64Array;
   private scratch: Float64Array;
   private order: Int32Array;
+  /** The ids the last sample() kept (top-k), in ascending order. */
+  private kept: Int32Array;
+  /** The largest value kthLargest() saw. */
+  private largest = -Infinity;
   /** What the last sample() drew from: its argmax when greedy, else the weights in probs summing to total. */
   private lastGreedy = -1;
   private lastTotal = 0;
@@ -48,6 +52,7 @@ export class Sampler {
     this.probs = new Float64Array(vocabSize);
     this.scratch = new Float64Array(vocabSize);
     this.order = new Int32Array(vocabSize);
+    this.kept = new Int32Array(vocabSize);
   }
 
   /**
@@ -58,30 +63,42 @@ export class Sampler {
     if (settings.temperature === 0) return (this.lastGreedy = argmax(logits));
     this.lastGreedy = -1;
     const V = logits.length;
+    const T = settings.temperature;
     const probs = this.probs;
-    for (let i = 0; i < V; i++) probs[i] = (logits[i] as number) / settings.temperature;
+    const kept = this.kept;
+    // Dividing by T > 0 keeps the order of the logits, so the k-th largest quotient is the k-th
+    // largest logit divided, and the largest quotient (always kept) the largest logit divided:
+    // both found on the logits in one pass, without a divided copy (a large vocabulary's logits
+    // are read three times a token: here, below, and by the draw over the kept ones only).
+    const topK = settings.topK !== undefined && settings.topK < V ? settings.topK : 0;
+    const largest = topK > 0 ? this.kthLargest(logits, V, topK) : (logits[argmax(logits)] as number);
+    const threshold = topK > 0 ? largest / T : -Infinity;
+    const max = (topK > 0 ? this.largest : largest) / T;
 
-    let threshold = -Infinity;
-    if (settings.topK !== undefined && settings.topK < V) threshold = this.kthLargest(probs, V, settings.topK);
-
-    let max = -Infinity;
-    for (let i = 0; i < V; i++) if ((probs[i] as number) >= threshold && (probs[i] as number) > max) max = probs[i] as number;
     let total = 0;
+    let n = 0;
     for (let i = 0; i < V; i++) {
-      const v = probs[i] as number;
-      const p = v >= threshold ? Math.exp(v - max) : 0;
-      probs[i] = p;
-      total += p;
+      const v = (logits[i] as number) / T;
+      if (v >= threshold) {
+        const p = Math.exp(v - max);
+        probs[i] = p;
+        total += p;
+        kept[n++] = i;
+      } else {
+        probs[i] = 0;
+      }
     }
 
     if (settings.topP !== undefined && settings.topP < 1) total = this.nucleus(V, total, settings.topP);
     this.lastTotal = total;
 
-    // Inverse transform over token ids in ascending order, as torch.multinomial walks the CDF.
+    // Inverse transform over token ids in ascending order, as torch.multinomial walks the CDF
+    // (the kept ids are in ascending order; the others have probability 0).
     const target = u * total;
     let cumulative = 0;
     let lastKept = 0;
-    for (let i = 0; i < V; i++) {
+    for (let j = 0; j < n; j++) {
+      const i = kept[j] as number;
       const p = probs[i] as number;
       if (p === 0) continue;
       cumulative += p;
@@ -101,33 +118,33 @@ export class Sampler {
     return ((this.probs[id] as number | undefined) ?? 0) / this.lastTotal;
   }
 
-  /** The k-th largest of values[0..V) by quickselect over a copy (O(V), no sort). */
-  private kthLargest(values: Float64Array, V: number, k: number): number {
-    const a = this.scratch;
-    a.set(values.subarray(0, V));
-    let lo = 0;
-    let hi = V - 1;
-    const want = k - 1; // index in descending order
-    while (lo < hi) {
-      const pivot = a[(lo + hi) >>> 1] as number;
-      let i = lo;
-      let j = hi;
-      while (i <= j) {
-        while ((a[i] as number) > pivot) i++;
-        while ((a[j] as number) < pivot) j--;
-        if (i <= j) {
-          const tmp = a[i] as number;
-          a[i] = a[j] as number;
-          a[j] = tmp;
-          i++;
-          j--;
-        }
-      }
-      if (want <= j) hi = j;
-      else if (want >= i) lo = i;
-      else break;
+  /**
+   * The k-th largest of values[0..V) (ties counted: the value a sorted copy would hold at k - 1),
+   * with a min-heap of the k largest seen: one comparison for most values, since few beat the
+   * heap's least once it holds k of them. The largest value, found on the way, is left in
+   * this.largest.
+   */
+  private kthLargest(values: Float32Array, V: number, k: number): number {
+    const heap = this.scratch;
+    let largest = -Infinity;
+    for (let i = 0; i < k; i++) {
+      const v = values[i] as number;
+      heap[i] = v;
+      if (v > largest) largest = v;
     }
-    return a[want] as number;
+    for (let i = (k >>> 1) - 1; i >= 0; i--) siftDown(heap, i, k);
+    let least = heap[0] as number;
+    for (let i = k; i < V; i++) {
+      const v = values[i] as number;
+      if (v > least) {
+        if (v > largest) largest = v;
+        heap[0] = v;
+        siftDown(heap, 0, k);
+        least = heap[0] as number;
+      }
+    }
+    this.largest = largest;
+    return least;
   }
 
   /**
@@ -153,4 +170,18 @@ export class Sampler {
     for (let r = cut; r < n; r++) probs[order[r] as number] = 0;
     return kept;
   }
+}
+
+/** Restores the min-heap property below heap[i] (heap[0..n) a binary min-heap elsewhere). */
+function siftDown(heap: Float64Array, i: number, n: number): void {
+  const x = heap[i] as number;
+  for (;;) {
+    let child = 2 * i + 1;
+    if (child >= n) break;
+    if (child + 1 < n && (heap[child + 1] as number) < (heap[child] as number)) child++;
+    if ((heap[child] as number) >= x) break;
+    heap[i] = heap[child] as number;
+    i = child;
+  }
+  heap[i] = x;
 }
