@@ -98,3 +98,40 @@ test('higher temperature flattens the distribution', () => {
   };
   assert.ok(count(5) > 3 * count(0.7) + 10);
 });
+
+/**
+ * The sampler's meaning, written plainly: divide, keep the values at or above the k-th largest
+ * (a sorted copy), softmax from the largest kept, walk the CDF in token order.
+ */
+function referenceSample(logits: Float32Array, temperature: number, topK: number | undefined, u: number): number {
+  const v = Array.from(logits, (x) => x / temperature);
+  const threshold = topK !== undefined && topK < v.length ? [...v].sort((a, b) => b - a)[topK - 1]! : -Infinity;
+  const max = Math.max(...v.filter((x) => x >= threshold));
+  const p = v.map((x) => (x >= threshold ? Math.exp(x - max) : 0));
+  const total = p.reduce((a, b) => a + b, 0);
+  let cumulative = 0;
+  let last = 0;
+  for (let i = 0; i < p.length; i++) {
+    if (p[i] === 0) continue;
+    cumulative += p[i]!;
+    last = i;
+    if (cumulative > u * total) return i;
+  }
+  return last;
+}
+
+test('top-k sampling draws what the plain definition draws, on vocabularies up to GPT-2 size, ties and all', () => {
+  let seed = 7;
+  const random = () => (seed = (seed * 1103515245 + 12345) % 2 ** 31) / 2 ** 31;
+  for (let trial = 0; trial < 300; trial++) {
+    const V = [2, 65, 1000, 50304][trial % 4]!;
+    // Integers (many ties), spread values, an ascending run (every value enters the heap).
+    const kind = Math.floor(trial / 4) % 3;
+    const logits = Float32Array.from({ length: V }, (_, i) => (kind === 0 ? Math.floor(random() * 5) : kind === 1 ? (random() - 0.5) * 30 : i / V));
+    const temperature = [1, 0.7, 2.5][trial % 3]!;
+    const topK = [1, 3, 200, undefined][Math.floor(trial / 12) % 4];
+    const u = random();
+    const sampler = new Sampler(V);
+    assert.equal(sampler.sample(logits, { temperature, topK }, u), referenceSample(logits, temperature, topK, u), `trial ${trial}: V ${V}, kind ${kind}, T ${temperature}, topK ${topK}`);
+  }
+});
