@@ -20,6 +20,8 @@
 #include <map>
 #include <memory>
 #include <new>
+#include <mutex>
+#include <shared_mutex>
 #include <string>
 #include <vector>
 
@@ -58,7 +60,22 @@ void say(char* why, int size, const std::string& text) {
 }
 
 std::string failure_text(const CudaFailure& f) {
-  return std::string("CUDA error in ") + f.what + ": " + cudaGetErrorString(f.status);
+  std::string text = std::string("CUDA error in ") + f.what + ": " + cudaGetErrorString(f.status);
+  // A fault inside a kernel ends the process's CUDA context: every later call fails the same way.
+  switch (f.status) {
+    case cudaErrorIllegalAddress:
+    case cudaErrorLaunchFailure:
+    case cudaErrorIllegalInstruction:
+    case cudaErrorMisalignedAddress:
+    case cudaErrorHardwareStackError:
+    case cudaErrorInvalidPc:
+    case cudaErrorAssert:
+      text += "; the process's CUDA context is lost: restart the process";
+      break;
+    default:
+      break;
+  }
+  return text;
 }
 
 // bytes as people read them: "12.6 MB", "48.0 kB".
@@ -74,16 +91,29 @@ std::string megabytes(size_t bytes) {
 
 // ---- device memory --------------------------------------------------------------------------
 
+// cudaMalloc, cudaFree and their pinned-memory kin synchronise with the whole device, and one
+// such call from any thread while a stream is being captured spoils the capture (whatever the
+// capture mode, in practice). Every model's passes and every session's cache run on their own
+// threads, so allocations and frees hold this lock shared, and a capture (about a millisecond,
+// once per decode batch size of a model) holds it alone.
+std::shared_mutex& capture_lock() {
+  static std::shared_mutex* lock = new std::shared_mutex();  // never destroyed: used until exit
+  return *lock;
+}
+
 // One cudaMalloc, freed with its owner.
 class DeviceBuffer {
  public:
   DeviceBuffer() = default;
   explicit DeviceBuffer(size_t bytes) : bytes_(bytes) {
     if (bytes == 0) return;
+    std::shared_lock<std::shared_mutex> allocating(capture_lock());
     check(cudaMalloc(&data_, bytes), "cudaMalloc");
   }
   ~DeviceBuffer() {
-    if (data_ != nullptr) cudaFree(data_);
+    if (data_ == nullptr) return;
+    std::shared_lock<std::shared_mutex> freeing(capture_lock());
+    cudaFree(data_);
   }
   DeviceBuffer(DeviceBuffer&& o) noexcept : data_(o.data_), bytes_(o.bytes_) { o.data_ = nullptr, o.bytes_ = 0; }
   DeviceBuffer& operator=(DeviceBuffer&& o) noexcept {
@@ -109,10 +139,14 @@ class PinnedBuffer {
  public:
   PinnedBuffer() = default;
   explicit PinnedBuffer(size_t bytes) {
-    if (bytes > 0) check(cudaMallocHost(&data_, bytes), "cudaMallocHost");
+    if (bytes == 0) return;
+    std::shared_lock<std::shared_mutex> allocating(capture_lock());
+    check(cudaMallocHost(&data_, bytes), "cudaMallocHost");
   }
   ~PinnedBuffer() {
-    if (data_ != nullptr) cudaFreeHost(data_);
+    if (data_ == nullptr) return;
+    std::shared_lock<std::shared_mutex> freeing(capture_lock());
+    cudaFreeHost(data_);
   }
   PinnedBuffer(PinnedBuffer&& o) noexcept : data_(o.data_) { o.data_ = nullptr; }
   PinnedBuffer& operator=(PinnedBuffer&& o) noexcept {
@@ -163,7 +197,7 @@ struct Matrix {
   const uint16_t* f16 = nullptr;
 };
 
-constexpr int kRowsThreads = 256;  // 8 warps: 8 output features a block
+constexpr int kRowsThreads = 128;  // 4 warps, 4 output features a block: N = C spreads over more SMs
 constexpr int kMaxFewRows = 16;    // more rows than this take the tiled kernel
 
 template <Epilogue E, typename W>
@@ -332,7 +366,7 @@ struct MicrogptCudaModel {
 
   cudaStream_t stream = nullptr;
   std::map<int, cudaGraphExec_t> graphs;  // decode steps of n sequences
-  bool graphs_failed = false;             // capture is not possible here: launch directly
+  int failed_captures = 0;                // after kMaxCaptureFailures, decode launches directly
 
   // Profiling: an event opening the pass and one after each step, with the step each closes.
   std::vector<cudaEvent_t> marks;
@@ -342,6 +376,8 @@ struct MicrogptCudaModel {
 
   ~MicrogptCudaModel() {
     cudaSetDevice(device);
+    // The buffers (members) free themselves after this, each under the capture lock.
+    std::shared_lock<std::shared_mutex> destroying(capture_lock());
     for (auto& g : graphs) cudaGraphExecDestroy(g.second);
     for (cudaEvent_t e : marks) {
       if (e != nullptr) cudaEventDestroy(e);
@@ -476,6 +512,7 @@ PassArgs fill_table(MicrogptCudaModel& m, const MicrogptCudaRequest* requests, i
 // A decode step of n sequences as a graph: the table's copy up, every kernel, the logits' copy
 // down. Null when capture fails (the caller launches directly from then on).
 cudaGraphExec_t capture_decode(MicrogptCudaModel& m, const PassArgs& a, const TableLayout& layout) {
+  std::unique_lock<std::shared_mutex> alone(capture_lock());
   cudaGraph_t graph = nullptr;
   if (cudaStreamBeginCapture(m.stream, cudaStreamCaptureModeThreadLocal) != cudaSuccess) {
     cudaGetLastError();
@@ -508,6 +545,10 @@ cudaGraphExec_t capture_decode(MicrogptCudaModel& m, const PassArgs& a, const Ta
   return exec;
 }
 
+// Captures that may fail (another thread's synchronising call can still spoil one: a driver's
+// own, or a library's) before a model gives graphs up and launches its decode steps.
+constexpr int kMaxCaptureFailures = 3;
+
 void run_pass(MicrogptCudaModel& m, const MicrogptCudaRequest* requests, int n) {
   const MicrogptCudaConfig& c = m.config;
   const size_t V = static_cast<size_t>(c.vocab_size);
@@ -523,7 +564,8 @@ void run_pass(MicrogptCudaModel& m, const MicrogptCudaRequest* requests, int n) 
   const PassArgs a = fill_table(m, requests, n, rows, all_positions, layout);
   const bool decode = rows == n && !all_positions;
   const bool profile = (m.flags & MICROGPT_CUDA_PROFILE) != 0;
-  const bool graphs = decode && !profile && (m.flags & MICROGPT_CUDA_NO_GRAPHS) == 0 && !m.graphs_failed;
+  const bool graphs = decode && !profile && (m.flags & MICROGPT_CUDA_NO_GRAPHS) == 0 &&
+                      m.failed_captures < kMaxCaptureFailures;
   cudaGraphExec_t exec = nullptr;
   if (graphs) {
     auto found = m.graphs.find(n);
@@ -532,7 +574,7 @@ void run_pass(MicrogptCudaModel& m, const MicrogptCudaRequest* requests, int n) 
     } else {
       exec = capture_decode(m, a, layout);
       if (exec == nullptr) {
-        m.graphs_failed = true;
+        m.failed_captures++;  // this step launches its kernels; a later one tries again
       } else {
         m.graphs[n] = exec;
         m.stats.graphs++;

@@ -73,6 +73,23 @@ __device__ __forceinline__ float block_sum(float v, float* scratch) {
   return total;
 }
 
+// The largest of every thread's v, returned to all; as block_sum.
+__device__ __forceinline__ float block_max(float v, float* scratch) {
+  const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp, warps = blockDim.x / kWarp;
+  v = warp_max(v);
+  if (lane == 0) scratch[warp] = v;
+  __syncthreads();
+  if (warp == 0) {
+    float t = lane < warps ? scratch[lane] : -INFINITY;
+    t = warp_max(t);
+    if (lane == 0) scratch[0] = t;
+  }
+  __syncthreads();
+  const float total = scratch[0];
+  __syncthreads();
+  return total;
+}
+
 // ---- embedding ------------------------------------------------------------------------------
 
 // x (rows, C): x[r] = wte[ids[r]] + wpe[pos[r]]. Grid: rows; any block size.
@@ -129,6 +146,8 @@ __global__ void matmul_rows_kernel(float* __restrict__ out, const float* __restr
   for (int r = 0; r < R; r++) acc[r] = 0.0f;
   int k = 0;
   if (K % 4 == 0) {
+    // Unrolled: several weight loads of a lane in flight at once.
+#pragma unroll 4
     for (k = lane * 4; k < K; k += kWarp * 4) {
       float wv[4];
       load4(wn + k, wv);
@@ -163,9 +182,12 @@ constexpr int kTileM = 64, kTileN = 64, kTileK = 16;
 template <Epilogue E, typename W>
 __global__ void matmul_tiled_kernel(float* __restrict__ out, const float* __restrict__ x, const W* __restrict__ w,
                                     const float* __restrict__ b, int T, int K, int N) {
-  // Transposed tiles ([k][m], [k][n]): a thread's 4 consecutive m (or n) are one 16-byte read.
-  MG_SHARED float xs[kTileK][kTileM + 4];
-  MG_SHARED float ws[kTileK][kTileN + 4];
+  // Transposed tiles ([k][m], [k][n]): a thread's 4 consecutive m (or n) are one 16-byte read,
+  // hence float4 storage (16-byte aligned), filled a float at a time.
+  MG_SHARED float4 xs4[kTileK][(kTileM + 4) / 4];
+  MG_SHARED float4 ws4[kTileK][(kTileN + 4) / 4];
+  float(*xs)[kTileM + 4] = reinterpret_cast<float(*)[kTileM + 4]>(&xs4[0][0]);
+  float(*ws)[kTileN + 4] = reinterpret_cast<float(*)[kTileN + 4]>(&ws4[0][0]);
   const int tid = threadIdx.x;
   const int m0 = blockIdx.y * kTileM, n0 = blockIdx.x * kTileN;
   const int tm = (tid / 16) * 4, tn = (tid % 16) * 4;
@@ -186,12 +208,8 @@ __global__ void matmul_tiled_kernel(float* __restrict__ out, const float* __rest
     __syncthreads();
 #pragma unroll
     for (int kk = 0; kk < kTileK; kk++) {
-      float a[4], c[4];
-#pragma unroll
-      for (int i = 0; i < 4; i++) {
-        a[i] = xs[kk][tm + i];
-        c[i] = ws[kk][tn + i];
-      }
+      const float4 a4 = xs4[kk][tm / 4], c4 = ws4[kk][tn / 4];
+      const float a[4] = {a4.x, a4.y, a4.z, a4.w}, c[4] = {c4.x, c4.y, c4.z, c4.w};
 #pragma unroll
       for (int i = 0; i < 4; i++)
 #pragma unroll
@@ -281,7 +299,10 @@ __global__ void attention_kernel(float* __restrict__ att, const float* __restric
   // position read its key once.
   for (int i = tid; i < rows * n_keys; i += threads) {
     const int r = i % rows, j = i / rows;
-    if (j > tile.pos + r) continue;  // beyond the row's own position: never read
+    if (j > tile.pos + r) {  // beyond the row's own position: weighs nothing in the output
+      scores[static_cast<size_t>(r) * s_stride + j] = 0.0f;
+      continue;
+    }
     const float* qr = q + r * q_stride;
     const float* kj = keys + static_cast<size_t>(j) * C;
     float dot = 0.0f;
@@ -297,7 +318,45 @@ __global__ void attention_kernel(float* __restrict__ att, const float* __restric
   }
   __syncthreads();
 
-  // Softmax: a warp a row.
+  if (rows == 1) {
+    // A decode step: one row, its softmax across the whole block.
+    float* s = scores;
+    const int n = tile.pos + 1;
+    float max = -INFINITY;
+    for (int j = tid; j < n; j += threads) max = fmaxf(max, s[j]);
+    max = block_max(max, partial);
+    float sum = 0.0f;
+    for (int j = tid; j < n; j += threads) {
+      const float e = expf(s[j] - max);
+      s[j] = e;
+      sum += e;
+    }
+    sum = block_sum(sum, partial);
+    // Output: the head's dimensions across threads (coalesced value reads), the positions split
+    // among `groups` threads of each dimension, their partial sums added in shared memory.
+    const int groups = threads >= hs ? threads / hs : 1;
+    const int g = threads >= hs ? tid / hs : 0;
+    for (int d0 = 0; d0 < hs; d0 += threads) {
+      const int d = d0 + (threads >= hs ? tid % hs : tid);
+      const bool active = g < groups && d < hs;
+      float acc = 0.0f;
+      if (active) {
+        // Unrolled: each load is independent of the sum, so several are in flight at once.
+#pragma unroll 8
+        for (int j = g; j < n; j += groups) acc += s[j] * values[static_cast<size_t>(j) * C + d];
+      }
+      __syncthreads();  // partial is free (block_sum's last use, or the previous round's)
+      partial[tid] = acc;
+      __syncthreads();
+      if (active && g == 0) {
+        for (int o = 1; o < groups; o++) acc += partial[o * hs + (d - d0)];
+        att[static_cast<size_t>(tile.row) * C + h * hs + d] = acc / sum;
+      }
+    }
+    return;
+  }
+
+  // A prefill's tile: a warp a row's softmax.
   for (int r = warp; r < rows; r += warps) {
     float* s = scores + static_cast<size_t>(r) * s_stride;
     const int n = tile.pos + r + 1;
@@ -315,34 +374,28 @@ __global__ void attention_kernel(float* __restrict__ att, const float* __restric
   }
   __syncthreads();
 
-  // Output: (row, d) pairs across threads, d consecutive (coalesced value reads); with fewer
-  // pairs than threads, `groups` threads share a pair, each summing every groups-th position.
-  const int pairs = rows * hs;
-  const int groups = pairs >= threads ? 1 : threads / pairs;
-  for (int base = 0; base < pairs; base += threads) {
-    const int i = base + tid % (groups == 1 ? threads : pairs);
-    const int g = groups == 1 ? 0 : tid / pairs;
-    float acc = 0.0f;
-    const bool active = i < pairs && g < groups;
-    if (active) {
-      const int r = i / hs, d = i % hs;
-      const int n = tile.pos + r + 1;
-      const float* s = scores + static_cast<size_t>(r) * s_stride;
-      // Unrolled: each load is independent of the sum, so several are in flight at once.
-#pragma unroll 8
-      for (int j = g; j < n; j += groups) acc += s[j] * values[static_cast<size_t>(j) * C + d];
-    }
-    if (groups > 1) {
-      partial[tid] = acc;
-      __syncthreads();
-      if (g == 0 && active) {
-        for (int o = 1; o < groups; o++) acc += partial[o * pairs + tid];
+  // Output: a thread a dimension d for a group of rows (r = g, g + groups, ...), so each value
+  // it loads serves all of them; every row runs over the tile's positions, its own masked ones
+  // weighing 0.
+  const int groups = threads >= hs ? threads / hs : 1;
+  const int g = threads >= hs ? tid / hs : 0;
+  if (g >= groups) return;
+  for (int d = threads >= hs ? tid % hs : tid; d < hs; d += threads >= hs ? hs : threads) {
+    float acc[Q];
+#pragma unroll
+    for (int i = 0; i < Q; i++) acc[i] = 0.0f;
+    for (int j = 0; j < n_keys; j++) {
+      const float v = values[static_cast<size_t>(j) * C + d];
+#pragma unroll
+      for (int i = 0; i < Q; i++) {
+        const int r = g + i * groups;
+        if (r < rows) acc[i] += scores[static_cast<size_t>(r) * s_stride + j] * v;
       }
-      __syncthreads();
     }
-    if (active && g == 0) {
-      const int r = i / hs, d = i % hs;
-      att[static_cast<size_t>(tile.row + r) * C + h * hs + d] = acc * inv_sum[r];
+#pragma unroll
+    for (int i = 0; i < Q; i++) {
+      const int r = g + i * groups;
+      if (r < rows) att[static_cast<size_t>(tile.row + r) * C + h * hs + d] = acc[i] * inv_sum[r];
     }
   }
 }
