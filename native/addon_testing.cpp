@@ -231,6 +231,29 @@ void test_cuda_matmul(const Napi::CallbackInfo& info) {
   cuda_check(info, status, "matmul", why);
 }
 
+// cudaNormMatmul(device, out (T, N), x (T, K), lnW (K), lnB (K) | null, W (N, K), b (N) | null, T,
+//                K, N, epilogue 0|1|2, f16?): LayerNorm then matmul in one kernel (T <= 8).
+void test_cuda_norm_matmul(const Napi::CallbackInfo& info) {
+  int device;
+  const CudaApi& api = cuda_arg(info, &device);
+  const int T = positive(info, 7, "T"), K = positive(info, 8, "K"), N = positive(info, 9, "N");
+  float* out = f32(info, 1, static_cast<size_t>(T) * N, "out").Data();
+  const float* x = f32(info, 2, static_cast<size_t>(T) * K, "x").Data();
+  const float* ln_w = f32(info, 3, K, "lnW").Data();
+  const float* ln_b = f32_or_null(info, 4, K, "lnB");
+  const float* W = f32(info, 5, static_cast<size_t>(N) * K, "W").Data();
+  const float* b = f32_or_null(info, 6, N, "b");
+  const int epilogue = info[10].As<Napi::Number>().Int32Value();
+  if (epilogue < 0 || epilogue > 2) throw Napi::RangeError::New(info.Env(), "epilogue must be 0, 1 or 2");
+  const bool f16 = info.Length() > 11 && info[11].ToBoolean().Value();
+  std::vector<uint16_t> half;
+  if (f16) half = f16_bits(W, static_cast<size_t>(N) * K);
+  char why[1024] = {0};
+  const int status = api.test_norm_matmul(device, out, x, ln_w, ln_b, f16 ? nullptr : W, f16 ? half.data() : nullptr, b, T, K,
+                                          N, epilogue, why, static_cast<int>(sizeof why));
+  cuda_check(info, status, "norm-matmul", why);
+}
+
 // cudaLayernorm(device, out (T, C), x (T, C), w (C), b (C) | null, T, C)
 void test_cuda_layernorm(const Napi::CallbackInfo& info) {
   int device;
@@ -308,6 +331,7 @@ Napi::Object make_testing(Napi::Env env) {
   t.Set("benchReadBandwidth", Napi::Function::New(env, bench_read_bandwidth, "benchReadBandwidth"));
   t.Set("cudaMatmul", Napi::Function::New(env, test_cuda_matmul, "cudaMatmul"));
   t.Set("cudaLayernorm", Napi::Function::New(env, test_cuda_layernorm, "cudaLayernorm"));
+  t.Set("cudaNormMatmul", Napi::Function::New(env, test_cuda_norm_matmul, "cudaNormMatmul"));
   t.Set("cudaEmbedding", Napi::Function::New(env, test_cuda_embedding, "cudaEmbedding"));
   t.Set("cudaAttention", Napi::Function::New(env, test_cuda_attention, "cudaAttention"));
   return t;

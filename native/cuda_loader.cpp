@@ -63,6 +63,7 @@ CudaStatus probe() {
     resolve(api.run, "microgpt_cuda_run");
     resolve(api.model_stats, "microgpt_cuda_model_stats");
     resolve(api.test_matmul, "microgpt_cuda_test_matmul");
+    resolve(api.test_norm_matmul, "microgpt_cuda_test_norm_matmul");
     resolve(api.test_layernorm, "microgpt_cuda_test_layernorm");
     resolve(api.test_embedding, "microgpt_cuda_test_embedding");
     resolve(api.test_attention, "microgpt_cuda_test_attention");

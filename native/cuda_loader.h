@@ -30,6 +30,7 @@ struct CudaApi {
   microgpt_cuda_run_fn run = nullptr;
   microgpt_cuda_model_stats_fn model_stats = nullptr;
   microgpt_cuda_test_matmul_fn test_matmul = nullptr;
+  microgpt_cuda_test_norm_matmul_fn test_norm_matmul = nullptr;
   microgpt_cuda_test_layernorm_fn test_layernorm = nullptr;
   microgpt_cuda_test_embedding_fn test_embedding = nullptr;
   microgpt_cuda_test_attention_fn test_attention = nullptr;

@@ -431,6 +431,31 @@ export function defineCudaSuite(o: CudaSuiteOptions): void {
         }
       });
 
+      test('LayerNorm fused into the few-rows matmul (decode steps): the scalar LayerNorm, then the scalar matmul', () => {
+        let seed = 30;
+        for (const [T, K, N] of [[1, 48, 33], [3, 37, 65], [8, 64, 130], [5, 100, 7]] as const) {
+          const x = randomArray(T * K, seed++, 2).map((v, i) => v + (i % 3)); // rows of nonzero mean
+          const lnW = randomArray(K, seed++, 0.3).map((v) => v + 1);
+          const lnB = randomArray(K, seed++, 0.1);
+          const W = randomArray(N * K, seed++, 0.2);
+          const bias = randomArray(N, seed++, 0.1);
+          const init = randomArray(T * N, seed++);
+          for (const f16 of [false, true]) {
+            for (const [lb, b] of [[lnB, bias], [null, null]] as const) {
+              const normed = new Float32Array(T * K);
+              testing.layernorm('scalar', normed, x, lnW, lb, T, K);
+              for (const epilogue of [0, 1, 2] as const) {
+                const want = init.slice();
+                testing.matmul('scalar', want, normed, W, b, T, K, N, epilogue, f16);
+                const got = init.slice();
+                testing.cudaNormMatmul(0, got, x, lnW, lb, W, b, T, K, N, epilogue, f16);
+                close(got, want, `T ${T} K ${K} N ${N} ${f16 ? 'f16' : 'f32'} ${b ? 'biases' : 'no biases'} epilogue ${epilogue}`);
+              }
+            }
+          }
+        }
+      });
+
       test('layernorm: one row, a block of rows, widths off the vector width, with and without bias', () => {
         let seed = 50;
         for (const [T, C] of [[1, 48], [5, 37], [20, 36], [3, 256]] as const) {

@@ -120,6 +120,13 @@ typedef void (*microgpt_cuda_model_stats_fn)(const MicrogptCudaModel* model, Mic
 typedef int (*microgpt_cuda_test_matmul_fn)(int device, float* out, const float* x, const float* w_f32,
                                             const uint16_t* w_f16, const float* b, int T, int K, int N, int epilogue,
                                             int variant, char* why, int why_size);
+// out (T, N) = epilogue(LayerNorm(x (T, K)) · W^T + b) in one kernel (a decode step's LayerNorm
+// and the matmul it feeds), T <= 8; the LayerNorm's weights ln_w (K) and ln_b (K, or null), the
+// rest as microgpt_cuda_test_matmul.
+typedef int (*microgpt_cuda_test_norm_matmul_fn)(int device, float* out, const float* x, const float* ln_w,
+                                                 const float* ln_b, const float* w_f32, const uint16_t* w_f16,
+                                                 const float* b, int T, int K, int N, int epilogue, char* why,
+                                                 int why_size);
 // out (T, C) = LayerNorm(x (T, C)) * w + b (eps 1e-5); b may be null.
 typedef int (*microgpt_cuda_test_layernorm_fn)(int device, float* out, const float* x, const float* w,
                                                const float* b, int T, int C, char* why, int why_size);

@@ -240,6 +240,42 @@ void launch_matmul(cudaStream_t stream, float* out, const float* x, Matrix w, co
   }
 }
 
+// Rows up to which a LayerNorm feeding a matmul is computed inside it (norm_matmul_rows_kernel):
+// decode steps of up to 8 sequences, where the launch costs more than the normalising.
+constexpr int kMaxNormRows = 8;
+
+template <Epilogue E, typename W>
+void launch_norm_matmul_t(cudaStream_t stream, float* out, const float* x, const float* ln_w, const float* ln_b,
+                          const W* w, const float* b, int T, int K, int N) {
+  const dim3 grid((N + kRowsThreads / mgcuda::kWarp - 1) / (kRowsThreads / mgcuda::kWarp));
+  void (*kernel)(float*, const float*, const float*, const float*, const W*, const float*, int, int, int) =
+      T <= 1   ? mgcuda::norm_matmul_rows_kernel<1, E, W>
+      : T <= 2 ? mgcuda::norm_matmul_rows_kernel<2, E, W>
+      : T <= 4 ? mgcuda::norm_matmul_rows_kernel<4, E, W>
+               : mgcuda::norm_matmul_rows_kernel<8, E, W>;
+  MG_LAUNCH(kernel, grid, dim3(kRowsThreads), 0, stream, out, x, ln_w, ln_b, w, b, T, K, N);
+}
+
+// out (T, N) = epilogue(LayerNorm(x) · W^T + b), T <= kMaxNormRows, in one kernel.
+void launch_norm_matmul(cudaStream_t stream, float* out, const float* x, const float* ln_w, const float* ln_b, Matrix w,
+                        const float* b, int T, int K, int N, Epilogue e) {
+  const bool half = w.f16 != nullptr;
+  switch (e) {
+    case Epilogue::store:
+      if (half) launch_norm_matmul_t<Epilogue::store>(stream, out, x, ln_w, ln_b, w.f16, b, T, K, N);
+      else launch_norm_matmul_t<Epilogue::store>(stream, out, x, ln_w, ln_b, w.f32, b, T, K, N);
+      break;
+    case Epilogue::gelu:
+      if (half) launch_norm_matmul_t<Epilogue::gelu>(stream, out, x, ln_w, ln_b, w.f16, b, T, K, N);
+      else launch_norm_matmul_t<Epilogue::gelu>(stream, out, x, ln_w, ln_b, w.f32, b, T, K, N);
+      break;
+    case Epilogue::residual:
+      if (half) launch_norm_matmul_t<Epilogue::residual>(stream, out, x, ln_w, ln_b, w.f16, b, T, K, N);
+      else launch_norm_matmul_t<Epilogue::residual>(stream, out, x, ln_w, ln_b, w.f32, b, T, K, N);
+      break;
+  }
+}
+
 constexpr int kNormThreads = 256;
 // Attention blocks: a prefill's tile of query rows keeps 256 threads busy; a decode step's one
 // row has few (row, dimension) pairs, so more threads split its positions (latency-bound loads).
@@ -288,17 +324,18 @@ void prepare_kernels(int smem_limit) {
   prepare_attention<16>(smem_limit);
 }
 
+// store_new: see attention_kernel (decode steps only: every tile its sequence's one new row).
 void launch_attention(cudaStream_t stream, int Q, float* att, const float* qkv, const AttentionTile* tiles, int n_tiles,
-                      int layer, int C, int n_head, int block_size, int n_layer) {
+                      int layer, int C, int n_head, int block_size, int n_layer, bool store_new) {
   const size_t smem = mgcuda::attention_smem_bytes(Q, C / n_head, block_size, attention_threads(Q));
   const dim3 grid(n_tiles, n_head), block(attention_threads(Q));
-  void (*kernel)(float*, const float*, const AttentionTile*, int, int, int, int, int) =
+  void (*kernel)(float*, const float*, const AttentionTile*, int, int, int, int, int, int) =
       Q == 1 ? mgcuda::attention_kernel<1>
       : Q == 2 ? mgcuda::attention_kernel<2>
       : Q == 4 ? mgcuda::attention_kernel<4>
       : Q == 8 ? mgcuda::attention_kernel<8>
                : mgcuda::attention_kernel<16>;
-  MG_LAUNCH(kernel, grid, block, smem, stream, att, qkv, tiles, layer, C, n_head, block_size, n_layer);
+  MG_LAUNCH(kernel, grid, block, smem, stream, att, qkv, tiles, layer, C, n_head, block_size, n_layer, store_new ? 1 : 0);
 }
 
 int shared_memory_limit(int device) {
@@ -438,19 +475,33 @@ void enqueue_pass(MicrogptCudaModel& m, const PassArgs& a) {
   mark(m, kEmbedding);
   for (int l = 0; l < c.n_layer; l++) {
     const LayerWeights& w = m.layers[l];
-    launch_layernorm(s, xn, x, nullptr, w.ln1_w, w.ln1_b, R, C);
-    mark(m, kLayernorm);
-    launch_matmul(s, qkv, xn, w.attn_w, w.attn_b, R, C, 3 * C, Epilogue::store);
+    // Few rows (decode steps): each LayerNorm inside the matmul it feeds, one launch less.
+    const bool fused = R <= kMaxNormRows;
+    if (fused) {
+      launch_norm_matmul(s, qkv, x, w.ln1_w, w.ln1_b, w.attn_w, w.attn_b, R, C, 3 * C, Epilogue::store);
+    } else {
+      launch_layernorm(s, xn, x, nullptr, w.ln1_w, w.ln1_b, R, C);
+      mark(m, kLayernorm);
+      launch_matmul(s, qkv, xn, w.attn_w, w.attn_b, R, C, 3 * C, Epilogue::store);
+    }
     mark(m, kQkv);
-    MG_LAUNCH(mgcuda::kv_store_kernel, dim3(R), dim3(std::min(256, (C + 31) / 32 * 32)), 0, s, qkv, a.row_cache, a.pos, l,
-              C, c.block_size, c.n_layer);
-    launch_attention(s, a.tile_rows, att, qkv, a.tiles, a.n_tiles, l, C, c.n_head, c.block_size, c.n_layer);
+    // A decode step's tiles are each its sequence's one new row: attention stores them itself.
+    const bool decode = a.tile_rows == 1;
+    if (!decode) {
+      MG_LAUNCH(mgcuda::kv_store_kernel, dim3(R), dim3(std::min(256, (C + 31) / 32 * 32)), 0, s, qkv, a.row_cache, a.pos, l,
+                C, c.block_size, c.n_layer);
+    }
+    launch_attention(s, a.tile_rows, att, qkv, a.tiles, a.n_tiles, l, C, c.n_head, c.block_size, c.n_layer, decode);
     mark(m, kAttention);
     launch_matmul(s, x, att, w.proj_w, w.proj_b, R, C, C, Epilogue::residual);
     mark(m, kAttentionProj);
-    launch_layernorm(s, xn, x, nullptr, w.ln2_w, w.ln2_b, R, C);
-    mark(m, kLayernorm);
-    launch_matmul(s, hidden, xn, w.fc_w, w.fc_b, R, C, 4 * C, Epilogue::gelu);
+    if (fused) {
+      launch_norm_matmul(s, hidden, x, w.ln2_w, w.ln2_b, w.fc_w, w.fc_b, R, C, 4 * C, Epilogue::gelu);
+    } else {
+      launch_layernorm(s, xn, x, nullptr, w.ln2_w, w.ln2_b, R, C);
+      mark(m, kLayernorm);
+      launch_matmul(s, hidden, xn, w.fc_w, w.fc_b, R, C, 4 * C, Epilogue::gelu);
+    }
     mark(m, kMlpFc);
     launch_matmul(s, x, hidden, w.mproj_w, w.mproj_b, R, 4 * C, C, Epilogue::residual);
     mark(m, kMlpProj);
@@ -934,6 +985,29 @@ MICROGPT_CUDA_EXPORT int microgpt_cuda_test_matmul(int device, float* out, const
   });
 }
 
+MICROGPT_CUDA_EXPORT int microgpt_cuda_test_norm_matmul(int device, float* out, const float* x, const float* ln_w,
+                                                        const float* ln_b, const float* w_f32, const uint16_t* w_f16,
+                                                        const float* b, int T, int K, int N, int epilogue, char* why,
+                                                        int why_size) {
+  if ((w_f32 == nullptr) == (w_f16 == nullptr) || ln_w == nullptr || T < 1 || T > kMaxNormRows || K < 1 || N < 1 ||
+      epilogue < 0 || epilogue > 2) {
+    say(why, why_size, "invalid arguments");
+    return -1;
+  }
+  return guarded(why, why_size, [&] {
+    TestScope s(device);
+    Matrix w;
+    w.f32 = s.up(w_f32, static_cast<size_t>(N) * K);
+    w.f16 = s.up(w_f16, static_cast<size_t>(N) * K);
+    const size_t out_count = static_cast<size_t>(T) * N;
+    float* d_out = s.up(out, out_count);  // the residual epilogue reads it
+    launch_norm_matmul(s.stream, d_out, s.up(x, static_cast<size_t>(T) * K), s.up(ln_w, static_cast<size_t>(K)),
+                       s.up(ln_b, static_cast<size_t>(K)), w, s.up(b, static_cast<size_t>(N)), T, K, N,
+                       static_cast<Epilogue>(epilogue));
+    s.down(out, d_out, out_count);
+  });
+}
+
 MICROGPT_CUDA_EXPORT int microgpt_cuda_test_layernorm(int device, float* out, const float* x, const float* w, const float* b,
                                                       int T, int C, char* why, int why_size) {
   if (T < 1 || C < 1 || w == nullptr) {
@@ -1008,11 +1082,16 @@ MICROGPT_CUDA_EXPORT int microgpt_cuda_test_attention(int device, float* out, co
     std::vector<AttentionTile> tiles;
     for (int j = 0; j < T; j += q) tiles.push_back(AttentionTile{cache, j, std::min(q, T - j), start + j, 0});
     const float* d_qkv = s.up(qkv, static_cast<size_t>(T) * 3 * C);
-    MG_LAUNCH(mgcuda::kv_store_kernel, dim3(T), dim3(64), 0, s.stream, d_qkv, s.up(row_cache.data(), row_cache.size()),
-              s.up(pos.data(), pos.size()), 0, C, block_size, 1);
+    // As a pass does: a decode step's attention stores its new key and value itself, a prefill's
+    // are stored first.
+    const bool decode = q == 1;
+    if (!decode) {
+      MG_LAUNCH(mgcuda::kv_store_kernel, dim3(T), dim3(64), 0, s.stream, d_qkv, s.up(row_cache.data(), row_cache.size()),
+                s.up(pos.data(), pos.size()), 0, C, block_size, 1);
+    }
     float* d_out = s.scratch<float>(static_cast<size_t>(T) * C);
     launch_attention(s.stream, q, d_out, d_qkv, s.up(tiles.data(), tiles.size()), static_cast<int>(tiles.size()), 0, C, n_head,
-                     block_size, 1);
+                     block_size, 1, decode);
     s.down(out, d_out, static_cast<size_t>(T) * C);
   });
 }

@@ -176,6 +176,64 @@ __global__ void matmul_rows_kernel(float* __restrict__ out, const float* __restr
   }
 }
 
+// LayerNorm fused into the few-rows matmul, for decode steps: out = epilogue(LayerNorm(x) · W^T
+// + b) for T <= R rows of x (T, K), the LayerNorm's weights ln_w, ln_b (K; ln_b may be null). Each
+// block normalises the rows itself (a warp a row, as layernorm_kernel computes them), which at this
+// few rows costs less than the launch of a kernel of its own. Grid and block as matmul_rows_kernel.
+template <int R, Epilogue E, typename W>
+__global__ void norm_matmul_rows_kernel(float* __restrict__ out, const float* __restrict__ x,
+                                        const float* __restrict__ ln_w, const float* __restrict__ ln_b,
+                                        const W* __restrict__ w, const float* __restrict__ b, int T, int K, int N) {
+  MG_SHARED float mean_of[R];
+  MG_SHARED float rstd_of[R];
+  const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp, warps = blockDim.x / kWarp;
+  for (int r = warp; r < T; r += warps) {
+    const float* xr = x + static_cast<size_t>(r) * K;
+    float s = 0.0f;
+    for (int k = lane; k < K; k += kWarp) s += xr[k];
+    const float mean = warp_sum(s) / K;
+    float v = 0.0f;
+    for (int k = lane; k < K; k += kWarp) {
+      const float d = xr[k] - mean;
+      v += d * d;
+    }
+    const float var = warp_sum(v) / K;
+    if (lane == 0) {
+      mean_of[r] = mean;
+      rstd_of[r] = 1.0f / sqrtf(var + 1e-5f);
+    }
+  }
+  __syncthreads();
+  const int n = blockIdx.x * warps + warp;
+  if (n >= N) return;  // a whole warp leaves, after the block's one barrier
+  float mean[R], rstd[R];
+#pragma unroll
+  for (int r = 0; r < R; r++) {
+    mean[r] = r < T ? mean_of[r] : 0.0f;
+    rstd[r] = r < T ? rstd_of[r] : 0.0f;
+  }
+  const W* wn = w + static_cast<size_t>(n) * K;
+  float acc[R];
+#pragma unroll
+  for (int r = 0; r < R; r++) acc[r] = 0.0f;
+  // Unrolled: several weight loads of a lane in flight at once.
+#pragma unroll 4
+  for (int k = lane; k < K; k += kWarp) {
+    const float wv = widen(wn[k]);
+    const float g = ln_w[k], beta = ln_b != nullptr ? ln_b[k] : 0.0f;
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+      if (r < T) acc[r] += ((x[static_cast<size_t>(r) * K + k] - mean[r]) * rstd[r] * g + beta) * wv;
+    }
+  }
+  const float bias = b != nullptr ? b[n] : 0.0f;
+#pragma unroll
+  for (int r = 0; r < R; r++) {
+    const float total = warp_sum(acc[r]);
+    if (lane == 0 && r < T) store<E>(out + static_cast<size_t>(r) * N + n, total + bias);
+  }
+}
+
 // Many rows (prefill): 64 x 64 output tiles, k in steps of 16 through shared memory, each of
 // 256 threads accumulating a 4 x 4 block. Grid: (ceil(N / 64), ceil(T / 64)); block 256.
 constexpr int kTileM = 64, kTileN = 64, kTileK = 16;
@@ -268,10 +326,13 @@ inline size_t attention_smem_bytes(int Q, int head_size, int block_size, int thr
 // against positions 0..its own, an exact softmax (max subtracted, as the reference), then the
 // weighted sum of values. Grid: (tiles, n_head); block `threads` (a multiple of 32); dynamic
 // shared memory attention_smem_bytes(Q, hs, block_size, threads).
+// store_new: the block first writes its head's part of its rows' keys and values to the cache
+// (kv_store_kernel's job, one launch less a layer). Only where no other block reads them: a
+// decode step, each tile its sequence's one new row.
 template <int Q>
 __global__ void attention_kernel(float* __restrict__ att, const float* __restrict__ qkv,
                                  const AttentionTile* __restrict__ tiles, int layer, int C, int n_head, int block_size,
-                                 int n_layer) {
+                                 int n_layer, int store_new) {
   MG_DYNAMIC_SHARED(float, smem);
   const AttentionTile tile = tiles[blockIdx.x];
   const int h = blockIdx.y, hs = C / n_head;
@@ -285,15 +346,21 @@ __global__ void attention_kernel(float* __restrict__ att, const float* __restric
   const int rows = tile.rows;
   const int n_keys = tile.pos + rows;  // the last row sees positions 0..pos+rows-1
   const size_t plane = static_cast<size_t>(n_layer) * block_size * C;
-  const float* keys = tile.cache + static_cast<size_t>(layer) * block_size * C + h * hs;
-  const float* values = keys + plane;
+  float* const head = tile.cache + static_cast<size_t>(layer) * block_size * C + h * hs;  // this head's keys
+  const float* keys = head;
+  const float* values = head + plane;
   const float scale = 1.0f / sqrtf(static_cast<float>(hs));
 
   for (int i = tid; i < rows * hs; i += threads) {
     const int r = i / hs, d = i % hs;
-    q[r * q_stride + d] = qkv[static_cast<size_t>(tile.row + r) * 3 * C + h * hs + d];
+    const float* src = qkv + static_cast<size_t>(tile.row + r) * 3 * C + h * hs + d;
+    q[r * q_stride + d] = src[0];
+    if (store_new) {
+      head[static_cast<size_t>(tile.pos + r) * C + d] = src[C];
+      head[plane + static_cast<size_t>(tile.pos + r) * C + d] = src[2 * C];
+    }
   }
-  __syncthreads();
+  __syncthreads();  // also makes the stored key and value visible to the block's other threads
 
   // Scores: a thread a (row, position), rows fastest, so the threads of a warp that share a
   // position read its key once.

@@ -224,6 +224,21 @@ export interface AddonTesting {
     variant: 0 | 1 | 2,
     f16?: boolean,
   ): void;
+  /** out (T, N) = epilogue(LayerNorm(x; lnW, lnB) · W^T + b) in one kernel (decode steps: T <= 8). */
+  cudaNormMatmul(
+    device: number,
+    out: Float32Array,
+    x: Float32Array,
+    lnW: Float32Array,
+    lnB: Float32Array | null,
+    W: Float32Array,
+    b: Float32Array | null,
+    T: number,
+    K: number,
+    N: number,
+    epilogue: 0 | 1 | 2,
+    f16?: boolean,
+  ): void;
   /** out (T, C) = LayerNorm(x) * w + b. */
   cudaLayernorm(device: number, out: Float32Array, x: Float32Array, w: Float32Array, b: Float32Array | null, T: number, C: number): void;
   /** x (T, C) = wte[ids[t]] + wpe[start + t]; `f16`: wte given to the kernel in float16. */
