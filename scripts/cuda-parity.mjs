@@ -8,8 +8,10 @@
 //   - 8 sessions decoding together (one batched pass a step), logits after each.
 // The largest |cuda - native| / (1 + |native|) must stay within 1e-4. Exit status 1 otherwise.
 //
-//   node scripts/cuda-parity.mjs [--shape char-10M]... [--device N] [--steps 16]
-// (--shape tiny: a 2-layer, 64-wide model, quick enough for the emulated module.)
+//   node scripts/cuda-parity.mjs [--shape char-10M]... [--layers N] [--device N] [--steps 16]
+// (--shape tiny: a 2-layer, 64-wide model, quick enough for the emulated module; --layers keeps a
+// shape's widths with fewer layers, e.g. gpt2-124M's 1,024 positions and 50,304 tokens on the
+// emulator.)
 import { parseArgs } from 'node:util';
 
 const { values } = parseArgs({
@@ -17,6 +19,7 @@ const { values } = parseArgs({
     shape: { type: 'string', multiple: true },
     device: { type: 'string', default: '0' },
     steps: { type: 'string', default: '16' },
+    layers: { type: 'string' },
   },
 });
 const { createModel } = await import('../dist/lib/index.js');
@@ -38,8 +41,8 @@ function worst(a, b) {
 
 let failed = false;
 for (const name of shapes) {
-  const config = SHAPES[name];
-  if (config === undefined) throw new Error(`unknown shape ${name}`);
+  if (SHAPES[name] === undefined) throw new Error(`unknown shape ${name}`);
+  const config = values.layers === undefined ? SHAPES[name] : { ...SHAPES[name], nLayer: Number(values.layers) };
   const weights = randomWeights(config);
   const vocab = syntheticVocab(config.vocabSize);
   const native = await createModel(config, weights, vocab, { backend: 'native', precision: 'f32' });
