@@ -371,6 +371,45 @@ export function defineCudaSuite(o: CudaSuiteOptions): void {
         assert.equal(out.caches, 1, 'the second session took the first one\'s cache from the pool');
       });
 
+      test('KV caches given back beyond what the pool keeps are freed before the next cache is made', { skip: !o.emulated && 'needs the emulator\'s memory cap' }, () => {
+        // Caches of 64 MiB (block 4096, 1024 wide, 2 layers): the model's pool keeps one. Two
+        // sessions end, so the second cache goes back to the module, which frees it on a thread of
+        // the engine's, not at once; a cap of the weights and 2.5 caches then holds the next two
+        // sessions only if it was freed before the second of them made its cache.
+        const script = `
+          const m = await import(${JSON.stringify(DIST)});
+          const h = await import(${JSON.stringify(new URL('./helpers.js', import.meta.url).href)});
+          const config = { vocabSize: 16, blockSize: 4096, nLayer: 2, nHead: 8, nEmbd: 1024, bias: false };
+          const vocab = Array.from({ length: 16 }, (_, i) => String.fromCharCode(97 + i));
+          const model = await m.createModel(config, h.randomTestWeights(config, 3), vocab, { backend: 'cuda', precision: 'f32' });
+          const runtime = model.runtimeForDiagnostics;
+          const weights = runtime.batchStats.deviceBytes;
+          const cache = 2 * 2 * 4096 * 1024 * 4;
+          const step = async (sessions) => Promise.all(sessions.map((s) => s.prefill(Int32Array.of(1, 2))));
+          if (process.env.MEASURE === '1') {
+            console.log(JSON.stringify({ weights, cache }));
+            process.exit(0);
+          }
+          const first = [runtime.createSession(), runtime.createSession()];
+          await step(first);
+          for (const s of first) s.dispose();
+          const second = [runtime.createSession(), runtime.createSession()];
+          const r = await Promise.allSettled(second.map((s) => s.prefill(Int32Array.of(1, 2))));
+          const result = r.map((x) => (x.status === 'fulfilled' ? 'ok' : x.reason.message)).join(', ');
+          console.log(JSON.stringify({ weights, cache, result, caches: runtime.batchStats.cachesAllocated }));`;
+        // The model's device bytes (weights and scratch), measured first without a cap.
+        const measured = runChild(script, { ...o.env, MEASURE: '1' });
+        assert.equal(measured.status, 0, measured.stderr);
+        const sizes = JSON.parse(measured.stdout) as { weights: number; cache: number };
+        const cap = Math.floor(sizes.weights + 2.5 * sizes.cache);
+        const r = runChild(script, { ...o.env, MICROGPT_CUDA_EMULATED_MEMORY: String(cap) });
+        assert.equal(r.status, 0, r.stderr);
+        const out = JSON.parse(r.stdout) as { weights: number; cache: number; result: string; caches: number };
+        assert.ok(out.weights + 2.5 * out.cache <= cap && out.weights + 3 * out.cache > cap, `cap ${cap} for weights ${out.weights} and caches of ${out.cache}`);
+        assert.equal(out.result, 'ok, ok');
+        assert.equal(out.caches, 3, 'the pool served one of the second pair');
+      });
+
       test("without a device, backend 'cuda' refuses and 'auto' picks the CPU engine", { skip: !o.emulated && 'needs the emulator\'s device count' }, () => {
         const script = `
           const m = await import(${JSON.stringify(DIST)});

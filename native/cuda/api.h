@@ -72,6 +72,8 @@ typedef void (*microgpt_cuda_model_free_fn)(MicrogptCudaModel* model);
 
 // A KV cache for positions 0..block_size-1 of every layer of `model`, uninitialised. Its device
 // memory is its own: it may be freed after the model. Null with why (out of device memory).
+// cache_free may be called on any thread and makes no CUDA call: the memory is freed by the next
+// cache_create, run or model_free of a model on the same device (cudaFree waits for the device).
 typedef MicrogptCudaCache* (*microgpt_cuda_cache_create_fn)(MicrogptCudaModel* model, char* why, int why_size);
 typedef void (*microgpt_cuda_cache_free_fn)(MicrogptCudaCache* cache);
 // Device bytes of one cache of the model.

@@ -837,10 +837,41 @@ MICROGPT_CUDA_EXPORT MicrogptCudaModel* microgpt_cuda_model_create(int device, c
   return nullptr;
 }
 
+namespace {
+
+// Caches given back, on whatever thread let them go (a session disposed on JavaScript's main
+// thread): freed by the next call that works with their device on a thread of the engine's
+// (a pass, a new cache, a model's end), since cudaFree waits for the whole device and must not
+// stall the event loop behind another model's pass.
+struct GivenBack {
+  std::mutex mutex;
+  std::vector<MicrogptCudaCache*> caches;
+};
+GivenBack& given_back() {
+  static GivenBack* g = new GivenBack();  // never destroyed: used until exit
+  return *g;
+}
+
+// Frees the caches given back on `device` (the calling thread's current device).
+void free_given_back(int device) {
+  std::vector<MicrogptCudaCache*> mine;
+  {
+    GivenBack& g = given_back();
+    std::lock_guard<std::mutex> lock(g.mutex);
+    auto kept = std::partition(g.caches.begin(), g.caches.end(), [&](MicrogptCudaCache* c) { return c->device != device; });
+    mine.assign(kept, g.caches.end());
+    g.caches.erase(kept, g.caches.end());
+  }
+  for (MicrogptCudaCache* c : mine) delete c;
+}
+
+}  // namespace
+
 MICROGPT_CUDA_EXPORT void microgpt_cuda_model_free(MicrogptCudaModel* model) {
   if (model == nullptr) return;
   cudaSetDevice(model->device);
   cudaStreamSynchronize(model->stream);
+  free_given_back(model->device);
   delete model;
   cudaGetLastError();
 }
@@ -850,9 +881,11 @@ MICROGPT_CUDA_EXPORT size_t microgpt_cuda_cache_bytes(const MicrogptCudaModel* m
   return 2 * sizeof(float) * static_cast<size_t>(c.n_layer) * c.block_size * c.n_embd;
 }
 
+
 MICROGPT_CUDA_EXPORT MicrogptCudaCache* microgpt_cuda_cache_create(MicrogptCudaModel* model, char* why, int why_size) {
   try {
     check(cudaSetDevice(model->device), "cudaSetDevice");
+    free_given_back(model->device);  // their memory first
     auto cache = std::make_unique<MicrogptCudaCache>();
     cache->device = model->device;
     cache->memory = DeviceBuffer(microgpt_cuda_cache_bytes(model));
@@ -870,9 +903,9 @@ MICROGPT_CUDA_EXPORT MicrogptCudaCache* microgpt_cuda_cache_create(MicrogptCudaM
 
 MICROGPT_CUDA_EXPORT void microgpt_cuda_cache_free(MicrogptCudaCache* cache) {
   if (cache == nullptr) return;
-  cudaSetDevice(cache->device);
-  delete cache;
-  cudaGetLastError();
+  GivenBack& g = given_back();
+  std::lock_guard<std::mutex> lock(g.mutex);
+  g.caches.push_back(cache);  // freed by the device's next pass, cache or model end (free_given_back)
 }
 
 MICROGPT_CUDA_EXPORT int microgpt_cuda_run(MicrogptCudaModel* model, const MicrogptCudaRequest* requests, int n, char* why,
@@ -893,6 +926,7 @@ MICROGPT_CUDA_EXPORT int microgpt_cuda_run(MicrogptCudaModel* model, const Micro
   }
   try {
     check(cudaSetDevice(model->device), "cudaSetDevice");
+    free_given_back(model->device);
     run_pass(*model, requests, n);
     return 0;
   } catch (const CudaFailure& f) {
