@@ -103,26 +103,28 @@ test('higher temperature flattens the distribution', () => {
  * The sampler's meaning, written plainly: divide, keep the values at or above the k-th largest
  * (a sorted copy), softmax from the largest kept, walk the CDF in token order.
  */
-function referenceSample(logits: Float32Array, temperature: number, topK: number | undefined, u: number): number {
+function referenceSample(logits: Float32Array, temperature: number, topK: number | undefined, u: number): { id: number; probability: (id: number) => number } {
   const v = Array.from(logits, (x) => x / temperature);
   const threshold = topK !== undefined && topK < v.length ? [...v].sort((a, b) => b - a)[topK - 1]! : -Infinity;
   const max = Math.max(...v.filter((x) => x >= threshold));
   const p = v.map((x) => (x >= threshold ? Math.exp(x - max) : 0));
   const total = p.reduce((a, b) => a + b, 0);
+  const probability = (id: number) => p[id]! / total;
   let cumulative = 0;
   let last = 0;
   for (let i = 0; i < p.length; i++) {
     if (p[i] === 0) continue;
     cumulative += p[i]!;
     last = i;
-    if (cumulative > u * total) return i;
+    if (cumulative > u * total) return { id: i, probability };
   }
-  return last;
+  return { id: last, probability };
 }
 
 test('top-k sampling draws what the plain definition draws, on vocabularies up to GPT-2 size, ties and all', () => {
   let seed = 7;
   const random = () => (seed = (seed * 1103515245 + 12345) % 2 ** 31) / 2 ** 31;
+  const samplers: Record<number, Sampler> = {};
   for (let trial = 0; trial < 300; trial++) {
     const V = [2, 65, 1000, 50304][trial % 4]!;
     // Integers (many ties), spread values, an ascending run (every value enters the heap).
@@ -131,7 +133,15 @@ test('top-k sampling draws what the plain definition draws, on vocabularies up t
     const temperature = [1, 0.7, 2.5][trial % 3]!;
     const topK = [1, 3, 200, undefined][Math.floor(trial / 12) % 4];
     const u = random();
-    const sampler = new Sampler(V);
-    assert.equal(sampler.sample(logits, { temperature, topK }, u), referenceSample(logits, temperature, topK, u), `trial ${trial}: V ${V}, kind ${kind}, T ${temperature}, topK ${topK}`);
+    // One sampler a vocabulary size, reused as a generation reuses it (it keeps scratch between draws).
+    const sampler = (samplers[V] ??= new Sampler(V));
+    const got = sampler.sample(logits, { temperature, topK }, u);
+    const want = referenceSample(logits, temperature, topK, u);
+    const what = `trial ${trial}: V ${V}, kind ${kind}, T ${temperature}, topK ${topK}`;
+    assert.equal(got, want.id, what);
+    for (const id of [0, V - 1, got, Math.floor(random() * V)]) {
+      assert.equal(sampler.drawnProbability(id), want.probability(id), `${what}: the probability of ${id}`);
+    }
+    if (trial % 7 === 0) sampler.sample(logits, { temperature: 0 }, u); // a greedy draw in between changes nothing
   }
 });

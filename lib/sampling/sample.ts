@@ -37,8 +37,9 @@ export class Sampler {
   private probs: Float64Array;
   private scratch: Float64Array;
   private order: Int32Array;
-  /** The ids the last sample() kept (top-k), in ascending order. */
+  /** The ids the last sample() kept (top-k), in ascending order: kept[0..keptCount). */
   private kept: Int32Array;
+  private keptCount = 0;
   /** The largest value kthLargest() saw. */
   private largest = -Infinity;
   /** What the last sample() drew from: its argmax when greedy, else the weights in probs summing to total. */
@@ -66,28 +67,46 @@ export class Sampler {
     const T = settings.temperature;
     const probs = this.probs;
     const kept = this.kept;
+    // probs is 0 but at the ids the last draw kept (its invariant): clear those alone, rather than
+    // writing all of a large vocabulary every token.
+    for (let j = 0; j < this.keptCount; j++) probs[kept[j] as number] = 0;
     // Dividing by T > 0 keeps the order of the logits, so the k-th largest quotient is the k-th
     // largest logit divided, and the largest quotient (always kept) the largest logit divided:
-    // both found on the logits in one pass, without a divided copy (a large vocabulary's logits
-    // are read three times a token: here, below, and by the draw over the kept ones only).
+    // both found on the logits in one pass, without a divided copy.
     const topK = settings.topK !== undefined && settings.topK < V ? settings.topK : 0;
-    const largest = topK > 0 ? this.kthLargest(logits, V, topK) : (logits[argmax(logits)] as number);
-    const threshold = topK > 0 ? largest / T : -Infinity;
-    const max = (topK > 0 ? this.largest : largest) / T;
+    const kth = topK > 0 ? this.kthLargest(logits, V, topK) : -Infinity;
+    const threshold = kth / T;
+    const max = (topK > 0 ? this.largest : (logits[argmax(logits)] as number)) / T;
+    // Which logits the threshold keeps: those whose quotient reaches it. Where the threshold is a
+    // normal double, that is exactly the logits at or above the k-th (float32 logits below it
+    // differ from it by a part in 2^24 at least, which division by T in double precision keeps
+    // apart), so the pass compares without dividing; an infinite, zero or tiny threshold (a
+    // quotient may round onto it) compares the quotients.
+    const plain = topK > 0 && Number.isFinite(threshold) && Math.abs(threshold) >= 2 ** -960;
 
     let total = 0;
     let n = 0;
-    for (let i = 0; i < V; i++) {
-      const v = (logits[i] as number) / T;
-      if (v >= threshold) {
-        const p = Math.exp(v - max);
-        probs[i] = p;
-        total += p;
-        kept[n++] = i;
-      } else {
-        probs[i] = 0;
+    if (plain) {
+      for (let i = 0; i < V; i++) {
+        if ((logits[i] as number) >= kth) {
+          const p = Math.exp((logits[i] as number) / T - max);
+          probs[i] = p;
+          total += p;
+          kept[n++] = i;
+        }
+      }
+    } else {
+      for (let i = 0; i < V; i++) {
+        const v = (logits[i] as number) / T;
+        if (v >= threshold) {
+          const p = Math.exp(v - max);
+          probs[i] = p;
+          total += p;
+          kept[n++] = i;
+        }
       }
     }
+    this.keptCount = n;
 
     if (settings.topP !== undefined && settings.topP < 1) total = this.nucleus(V, total, settings.topP);
     this.lastTotal = total;
