@@ -998,6 +998,27 @@ int guarded(char* why, int why_size, F body) {
 
 }  // namespace
 
+namespace {
+
+// A matmul test's common part: W (N, K) in either precision, out (T, N) (read first: the residual
+// epilogue) and back; `launch` runs the kernel on the device copies.
+template <typename Launch>
+int matmul_test(int device, float* out, const float* w_f32, const uint16_t* w_f16, int T, int K, int N, char* why,
+                int why_size, Launch launch) {
+  return guarded(why, why_size, [&] {
+    TestScope s(device);
+    Matrix w;
+    w.f32 = s.up(w_f32, static_cast<size_t>(N) * K);
+    w.f16 = s.up(w_f16, static_cast<size_t>(N) * K);
+    const size_t out_count = static_cast<size_t>(T) * N;
+    float* d_out = s.up(out, out_count);
+    launch(s, d_out, w);
+    s.down(out, d_out, out_count);
+  });
+}
+
+}  // namespace
+
 MICROGPT_CUDA_EXPORT int microgpt_cuda_test_matmul(int device, float* out, const float* x, const float* w_f32,
                                                    const uint16_t* w_f16, const float* b, int T, int K, int N, int epilogue,
                                                    int variant, char* why, int why_size) {
@@ -1006,16 +1027,9 @@ MICROGPT_CUDA_EXPORT int microgpt_cuda_test_matmul(int device, float* out, const
     say(why, why_size, "invalid arguments");
     return -1;
   }
-  return guarded(why, why_size, [&] {
-    TestScope s(device);
-    Matrix w;
-    w.f32 = s.up(w_f32, static_cast<size_t>(N) * K);
-    w.f16 = s.up(w_f16, static_cast<size_t>(N) * K);
-    const size_t out_count = static_cast<size_t>(T) * N;
-    float* d_out = s.up(out, out_count);  // the residual epilogue reads it
+  return matmul_test(device, out, w_f32, w_f16, T, K, N, why, why_size, [&](TestScope& s, float* d_out, Matrix w) {
     launch_matmul(s.stream, d_out, s.up(x, static_cast<size_t>(T) * K), w, s.up(b, static_cast<size_t>(N)), T, K, N,
                   static_cast<Epilogue>(epilogue), variant);
-    s.down(out, d_out, out_count);
   });
 }
 
@@ -1028,17 +1042,10 @@ MICROGPT_CUDA_EXPORT int microgpt_cuda_test_norm_matmul(int device, float* out, 
     say(why, why_size, "invalid arguments");
     return -1;
   }
-  return guarded(why, why_size, [&] {
-    TestScope s(device);
-    Matrix w;
-    w.f32 = s.up(w_f32, static_cast<size_t>(N) * K);
-    w.f16 = s.up(w_f16, static_cast<size_t>(N) * K);
-    const size_t out_count = static_cast<size_t>(T) * N;
-    float* d_out = s.up(out, out_count);  // the residual epilogue reads it
+  return matmul_test(device, out, w_f32, w_f16, T, K, N, why, why_size, [&](TestScope& s, float* d_out, Matrix w) {
     launch_norm_matmul(s.stream, d_out, s.up(x, static_cast<size_t>(T) * K), s.up(ln_w, static_cast<size_t>(K)),
                        s.up(ln_b, static_cast<size_t>(K)), w, s.up(b, static_cast<size_t>(N)), T, K, N,
                        static_cast<Epilogue>(epilogue));
-    s.down(out, d_out, out_count);
   });
 }
 

@@ -55,16 +55,17 @@ __device__ __forceinline__ float warp_max(float v) {
   return v;
 }
 
-// The sum of every thread's v, returned to all (blockDim.x a multiple of 32, at most 1024).
-// `scratch`: 32 floats of shared memory, free again when this returns.
-__device__ __forceinline__ float block_sum(float v, float* scratch) {
+// Every thread's v reduced by `op` (sum or max), returned to all (blockDim.x a multiple of 32, at
+// most 1024). `scratch`: 32 floats of shared memory, free again when this returns.
+template <typename Op>
+__device__ __forceinline__ float block_reduce(float v, float* scratch, float identity, Op op) {
   const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp, warps = blockDim.x / kWarp;
-  v = warp_sum(v);
+  for (int m = kWarp / 2; m > 0; m /= 2) v = op(v, mg_shfl_xor(v, m));
   if (lane == 0) scratch[warp] = v;
   __syncthreads();
   if (warp == 0) {
-    float t = lane < warps ? scratch[lane] : 0.0f;
-    t = warp_sum(t);
+    float t = lane < warps ? scratch[lane] : identity;
+    for (int m = kWarp / 2; m > 0; m /= 2) t = op(t, mg_shfl_xor(t, m));
     if (lane == 0) scratch[0] = t;
   }
   __syncthreads();
@@ -73,22 +74,14 @@ __device__ __forceinline__ float block_sum(float v, float* scratch) {
   return total;
 }
 
-// The largest of every thread's v, returned to all; as block_sum.
-__device__ __forceinline__ float block_max(float v, float* scratch) {
-  const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp, warps = blockDim.x / kWarp;
-  v = warp_max(v);
-  if (lane == 0) scratch[warp] = v;
-  __syncthreads();
-  if (warp == 0) {
-    float t = lane < warps ? scratch[lane] : -INFINITY;
-    t = warp_max(t);
-    if (lane == 0) scratch[0] = t;
-  }
-  __syncthreads();
-  const float total = scratch[0];
-  __syncthreads();
-  return total;
-}
+struct Add {
+  __device__ __forceinline__ float operator()(float a, float b) const { return a + b; }
+};
+struct Max {
+  __device__ __forceinline__ float operator()(float a, float b) const { return fmaxf(a, b); }
+};
+__device__ __forceinline__ float block_sum(float v, float* scratch) { return block_reduce(v, scratch, 0.0f, Add()); }
+__device__ __forceinline__ float block_max(float v, float* scratch) { return block_reduce(v, scratch, -INFINITY, Max()); }
 
 // ---- embedding ------------------------------------------------------------------------------
 
