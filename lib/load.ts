@@ -3,7 +3,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { checkDeviceOption, cudaDeviceProblem } from './backends/cuda.js';
 import { resolveBackend } from './backends/index.js';
-import { MAX_THREADS, type BackendChoice, type PrecisionChoice, type RuntimeOptions } from './backends/types.js';
+import { MAX_THREADS, type BackendChoice, type ModelRuntime, type PrecisionChoice, type RuntimeOptions } from './backends/types.js';
 import { describe, validateConfig, type ModelConfig } from './config.js';
 import { MicroGPTError, badCheckpoint, invalidArgument, optionsObject, shownPath } from './errors.js';
 import { readSafetensors } from './formats/safetensors.js';
@@ -198,7 +198,20 @@ async function instantiate(
     ...(options.precision === undefined ? {} : { precision: options.precision }),
     ...(options.device === undefined || backend.name !== 'cuda' ? {} : { device: options.device }),
   };
-  const runtime = await backend.load(config, weights, runtimeOptions);
+  let runtime: ModelRuntime;
+  try {
+    runtime = await backend.load(config, weights, runtimeOptions);
+  } catch (error) {
+    // 'auto' picked CUDA, and the device cannot take this model (out of memory, above all): the
+    // model runs on the next engine, with a warning saying why, rather than not at all.
+    if ((options.backend ?? 'auto') !== 'auto' || backend.name !== 'cuda' || !(error instanceof MicroGPTError) || error.code !== 'ERR_BACKEND_UNAVAILABLE') {
+      throw error;
+    }
+    const fallback = resolveBackend('auto', ['cuda']);
+    process.emitWarning(`${error.message}; backend 'auto' runs this model on the ${fallback.name} engine instead`, { code: 'MICROGPT_CUDA_FALLBACK' });
+    const { device: _cudaOnly, ...cpuOptions } = runtimeOptions;
+    runtime = await fallback.load(config, weights, cpuOptions);
+  }
   try {
     return new Model(runtime, tokenizer, info);
   } catch (error) {

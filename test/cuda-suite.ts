@@ -341,6 +341,25 @@ export function defineCudaSuite(o: CudaSuiteOptions): void {
         assert.ok(!out.message.includes('\n'));
       });
 
+      test("with backend 'auto', a model the device cannot hold runs on the CPU engine, with a warning saying why", { skip: !o.emulated && 'needs the emulator\'s memory cap' }, () => {
+        const script = `
+          const m = await import(${JSON.stringify(DIST)});
+          const warnings = [];
+          process.on('warning', (w) => warnings.push({ code: w.code, message: w.message }));
+          const model = await m.loadModel(${JSON.stringify(fixture(e.checkpoint))});
+          const text = await model.generate('a', { maxNewTokens: 5, temperature: 0 });
+          await new Promise((resolve) => setImmediate(resolve));
+          console.log(JSON.stringify({ backend: model.backend, length: text.length, warnings }));`;
+        const r = runChild(script, { ...o.env, MICROGPT_CUDA_EMULATED_MEMORY: '4096' });
+        assert.equal(r.status, 0, r.stderr);
+        const out = JSON.parse(r.stdout) as { backend: string; length: number; warnings: { code: string; message: string }[] };
+        assert.equal(out.backend, 'native');
+        assert.equal(out.length, 5);
+        assert.equal(out.warnings.length, 1, JSON.stringify(out.warnings));
+        assert.equal(out.warnings[0]!.code, 'MICROGPT_CUDA_FALLBACK');
+        assert.match(out.warnings[0]!.message, /out of memory for this model.*; backend 'auto' runs this model on the native engine instead$/);
+      });
+
       test('a KV cache the device memory cannot hold fails that request alone; a cache given back serves the next', { skip: !o.emulated && 'needs the emulator\'s memory cap' }, async () => {
         // The model's bytes and one cache's, measured here (no cap), then a cap of one and a half caches.
         const model = await loadModel(fixture(e.checkpoint), { backend: 'cuda' });

@@ -24,12 +24,13 @@ function unavailableReason(name: BackendName): string | null {
 /** Fastest first: what 'auto' takes is the first available. */
 const PREFERENCE: readonly BackendName[] = ['cuda', 'native', 'js'];
 
-export function resolveBackend(choice: BackendChoice = 'auto'): Backend {
+/** `except`: engines 'auto' passes over (one that failed to load the model). */
+export function resolveBackend(choice: BackendChoice = 'auto', except: readonly BackendName[] = []): Backend {
   if (!BACKEND_CHOICES.includes(choice)) {
     throw invalidArgument(`backend must be one of ${BACKEND_CHOICES.join(', ')}, got ${JSON.stringify(choice)}`);
   }
   if (choice === 'auto') {
-    const name = PREFERENCE.find((n) => unavailableReason(n) === null) ?? 'js';
+    const name = PREFERENCE.find((n) => !except.includes(n) && unavailableReason(n) === null) ?? 'js';
     return backendByName(name);
   }
   const reason = unavailableReason(choice);
