@@ -200,43 +200,33 @@ struct Matrix {
 constexpr int kRowsThreads = 128;  // 4 warps, 4 output features a block: N = C spreads over more SMs
 constexpr int kMaxFewRows = 16;    // more rows than this take the tiled kernel
 
-template <Epilogue E, typename W>
+template <typename W>
 void launch_matmul_t(cudaStream_t stream, float* out, const float* x, const W* w, const float* b, int T, int K, int N,
-                     int variant) {
+                     Epilogue e, int variant) {
   const bool few = variant == 1 || (variant == 0 && T <= kMaxFewRows);
   if (few) {
     const dim3 grid((N + kRowsThreads / mgcuda::kWarp - 1) / (kRowsThreads / mgcuda::kWarp));
-    void (*kernel)(float*, const float*, const W*, const float*, int, int, int) =
-        T <= 1 ? mgcuda::matmul_rows_kernel<1, E, W>
-        : T <= 2 ? mgcuda::matmul_rows_kernel<2, E, W>
-        : T <= 4 ? mgcuda::matmul_rows_kernel<4, E, W>
-        : T <= 8 ? mgcuda::matmul_rows_kernel<8, E, W>
-                 : mgcuda::matmul_rows_kernel<16, E, W>;
-    MG_LAUNCH(kernel, grid, dim3(kRowsThreads), 0, stream, out, x, w, b, T, K, N);
+    void (*kernel)(float*, const float*, const W*, const float*, int, int, int, Epilogue) =
+        T <= 1   ? mgcuda::matmul_rows_kernel<1, W>
+        : T <= 2 ? mgcuda::matmul_rows_kernel<2, W>
+        : T <= 4 ? mgcuda::matmul_rows_kernel<4, W>
+        : T <= 8 ? mgcuda::matmul_rows_kernel<8, W>
+                 : mgcuda::matmul_rows_kernel<16, W>;
+    MG_LAUNCH(kernel, grid, dim3(kRowsThreads), 0, stream, out, x, w, b, T, K, N, e);
   } else {
     const dim3 grid((N + mgcuda::kTileN - 1) / mgcuda::kTileN, (T + mgcuda::kTileM - 1) / mgcuda::kTileM);
-    auto kernel = mgcuda::matmul_tiled_kernel<E, W>;
-    MG_LAUNCH(kernel, grid, dim3(256), 0, stream, out, x, w, b, T, K, N);
-  }
-}
-
-template <Epilogue E>
-void launch_matmul_e(cudaStream_t stream, float* out, const float* x, Matrix w, const float* b, int T, int K, int N,
-                     int variant) {
-  if (w.f16 != nullptr) {
-    launch_matmul_t<E, uint16_t>(stream, out, x, w.f16, b, T, K, N, variant);
-  } else {
-    launch_matmul_t<E, float>(stream, out, x, w.f32, b, T, K, N, variant);
+    auto kernel = mgcuda::matmul_tiled_kernel<W>;
+    MG_LAUNCH(kernel, grid, dim3(256), 0, stream, out, x, w, b, T, K, N, e);
   }
 }
 
 // out (T, N) = epilogue(x (T, K) · W^T + b). variant: 0 by T, 1 the few-rows kernel, 2 tiled.
 void launch_matmul(cudaStream_t stream, float* out, const float* x, Matrix w, const float* b, int T, int K, int N,
                    Epilogue e, int variant = 0) {
-  switch (e) {
-    case Epilogue::store: launch_matmul_e<Epilogue::store>(stream, out, x, w, b, T, K, N, variant); break;
-    case Epilogue::gelu: launch_matmul_e<Epilogue::gelu>(stream, out, x, w, b, T, K, N, variant); break;
-    case Epilogue::residual: launch_matmul_e<Epilogue::residual>(stream, out, x, w, b, T, K, N, variant); break;
+  if (w.f16 != nullptr) {
+    launch_matmul_t(stream, out, x, w.f16, b, T, K, N, e, variant);
+  } else {
+    launch_matmul_t(stream, out, x, w.f32, b, T, K, N, e, variant);
   }
 }
 
@@ -244,35 +234,25 @@ void launch_matmul(cudaStream_t stream, float* out, const float* x, Matrix w, co
 // decode steps of up to 8 sequences, where the launch costs more than the normalising.
 constexpr int kMaxNormRows = 8;
 
-template <Epilogue E, typename W>
+template <typename W>
 void launch_norm_matmul_t(cudaStream_t stream, float* out, const float* x, const float* ln_w, const float* ln_b,
-                          const W* w, const float* b, int T, int K, int N) {
+                          const W* w, const float* b, int T, int K, int N, Epilogue e) {
   const dim3 grid((N + kRowsThreads / mgcuda::kWarp - 1) / (kRowsThreads / mgcuda::kWarp));
-  void (*kernel)(float*, const float*, const float*, const float*, const W*, const float*, int, int, int) =
-      T <= 1   ? mgcuda::norm_matmul_rows_kernel<1, E, W>
-      : T <= 2 ? mgcuda::norm_matmul_rows_kernel<2, E, W>
-      : T <= 4 ? mgcuda::norm_matmul_rows_kernel<4, E, W>
-               : mgcuda::norm_matmul_rows_kernel<8, E, W>;
-  MG_LAUNCH(kernel, grid, dim3(kRowsThreads), 0, stream, out, x, ln_w, ln_b, w, b, T, K, N);
+  void (*kernel)(float*, const float*, const float*, const float*, const W*, const float*, int, int, int, Epilogue) =
+      T <= 1   ? mgcuda::norm_matmul_rows_kernel<1, W>
+      : T <= 2 ? mgcuda::norm_matmul_rows_kernel<2, W>
+      : T <= 4 ? mgcuda::norm_matmul_rows_kernel<4, W>
+               : mgcuda::norm_matmul_rows_kernel<8, W>;
+  MG_LAUNCH(kernel, grid, dim3(kRowsThreads), 0, stream, out, x, ln_w, ln_b, w, b, T, K, N, e);
 }
 
 // out (T, N) = epilogue(LayerNorm(x) · W^T + b), T <= kMaxNormRows, in one kernel.
 void launch_norm_matmul(cudaStream_t stream, float* out, const float* x, const float* ln_w, const float* ln_b, Matrix w,
                         const float* b, int T, int K, int N, Epilogue e) {
-  const bool half = w.f16 != nullptr;
-  switch (e) {
-    case Epilogue::store:
-      if (half) launch_norm_matmul_t<Epilogue::store>(stream, out, x, ln_w, ln_b, w.f16, b, T, K, N);
-      else launch_norm_matmul_t<Epilogue::store>(stream, out, x, ln_w, ln_b, w.f32, b, T, K, N);
-      break;
-    case Epilogue::gelu:
-      if (half) launch_norm_matmul_t<Epilogue::gelu>(stream, out, x, ln_w, ln_b, w.f16, b, T, K, N);
-      else launch_norm_matmul_t<Epilogue::gelu>(stream, out, x, ln_w, ln_b, w.f32, b, T, K, N);
-      break;
-    case Epilogue::residual:
-      if (half) launch_norm_matmul_t<Epilogue::residual>(stream, out, x, ln_w, ln_b, w.f16, b, T, K, N);
-      else launch_norm_matmul_t<Epilogue::residual>(stream, out, x, ln_w, ln_b, w.f32, b, T, K, N);
-      break;
+  if (w.f16 != nullptr) {
+    launch_norm_matmul_t(stream, out, x, ln_w, ln_b, w.f16, b, T, K, N, e);
+  } else {
+    launch_norm_matmul_t(stream, out, x, ln_w, ln_b, w.f32, b, T, K, N, e);
   }
 }
 

@@ -26,11 +26,12 @@ __device__ __forceinline__ float gelu(float x) { return 0.5f * x * (1.0f + erff(
 __device__ __forceinline__ float widen(float w) { return w; }
 __device__ __forceinline__ float widen(uint16_t w) { return mg_half_to_float(w); }
 
-template <Epilogue E>
-__device__ __forceinline__ void store(float* dst, float v) {
-  if (E == Epilogue::store) *dst = v;
-  if (E == Epilogue::gelu) *dst = gelu(v);
-  if (E == Epilogue::residual) *dst += v;
+// The epilogue is an argument, not a template parameter: the branch is the same for every thread
+// (free), and a third as many kernels compile (nvcc builds each for five targets).
+__device__ __forceinline__ void store(float* dst, float v, Epilogue e) {
+  if (e == Epilogue::store) *dst = v;
+  if (e == Epilogue::gelu) *dst = gelu(v);
+  if (e == Epilogue::residual) *dst += v;
 }
 
 // Four consecutive weights, widened (16-byte reads of float32, 8-byte of float16: k % 4 == 0).
@@ -127,9 +128,9 @@ __global__ void layernorm_kernel(float* __restrict__ out, const float* __restric
 // Few rows (decode steps, small batches): a warp per output feature, reading its weight row once
 // for all T <= R rows, lanes striding over k (4 at a time where K allows), then summing across the
 // warp. Memory-bound on W: every weight is read once, coalesced. Grid: ceil(N / warps per block).
-template <int R, Epilogue E, typename W>
+template <int R, typename W>
 __global__ void matmul_rows_kernel(float* __restrict__ out, const float* __restrict__ x, const W* __restrict__ w,
-                                   const float* __restrict__ b, int T, int K, int N) {
+                                   const float* __restrict__ b, int T, int K, int N, Epilogue e) {
   const int lane = threadIdx.x % kWarp;
   const int n = blockIdx.x * (blockDim.x / kWarp) + threadIdx.x / kWarp;
   if (n >= N) return;  // a whole warp leaves: no shuffle is left waiting
@@ -165,7 +166,7 @@ __global__ void matmul_rows_kernel(float* __restrict__ out, const float* __restr
 #pragma unroll
   for (int r = 0; r < R; r++) {
     const float total = warp_sum(acc[r]);
-    if (lane == 0 && r < T) store<E>(out + static_cast<size_t>(r) * N + n, total + bias);
+    if (lane == 0 && r < T) store(out + static_cast<size_t>(r) * N + n, total + bias, e);
   }
 }
 
@@ -173,10 +174,11 @@ __global__ void matmul_rows_kernel(float* __restrict__ out, const float* __restr
 // + b) for T <= R rows of x (T, K), the LayerNorm's weights ln_w, ln_b (K; ln_b may be null). Each
 // block normalises the rows itself (a warp a row, as layernorm_kernel computes them), which at this
 // few rows costs less than the launch of a kernel of its own. Grid and block as matmul_rows_kernel.
-template <int R, Epilogue E, typename W>
+template <int R, typename W>
 __global__ void norm_matmul_rows_kernel(float* __restrict__ out, const float* __restrict__ x,
                                         const float* __restrict__ ln_w, const float* __restrict__ ln_b,
-                                        const W* __restrict__ w, const float* __restrict__ b, int T, int K, int N) {
+                                        const W* __restrict__ w, const float* __restrict__ b, int T, int K, int N,
+                                        Epilogue e) {
   MG_SHARED float mean_of[R];
   MG_SHARED float rstd_of[R];
   const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp, warps = blockDim.x / kWarp;
@@ -223,16 +225,16 @@ __global__ void norm_matmul_rows_kernel(float* __restrict__ out, const float* __
 #pragma unroll
   for (int r = 0; r < R; r++) {
     const float total = warp_sum(acc[r]);
-    if (lane == 0 && r < T) store<E>(out + static_cast<size_t>(r) * N + n, total + bias);
+    if (lane == 0 && r < T) store(out + static_cast<size_t>(r) * N + n, total + bias, e);
   }
 }
 
 // Many rows (prefill): 64 x 64 output tiles, k in steps of 16 through shared memory, each of
 // 256 threads accumulating a 4 x 4 block. Grid: (ceil(N / 64), ceil(T / 64)); block 256.
 constexpr int kTileM = 64, kTileN = 64, kTileK = 16;
-template <Epilogue E, typename W>
+template <typename W>
 __global__ void matmul_tiled_kernel(float* __restrict__ out, const float* __restrict__ x, const W* __restrict__ w,
-                                    const float* __restrict__ b, int T, int K, int N) {
+                                    const float* __restrict__ b, int T, int K, int N, Epilogue e) {
   // Transposed tiles ([k][m], [k][n]): a thread's 4 consecutive m (or n) are one 16-byte read,
   // hence float4 storage (16-byte aligned), filled a float at a time.
   MG_SHARED float4 xs4[kTileK][(kTileM + 4) / 4];
@@ -275,7 +277,7 @@ __global__ void matmul_tiled_kernel(float* __restrict__ out, const float* __rest
 #pragma unroll
     for (int j = 0; j < 4; j++) {
       const int gn = n0 + tn + j;
-      if (gn < N) store<E>(out + static_cast<size_t>(gm) * N + gn, acc[i][j] + (b != nullptr ? b[gn] : 0.0f));
+      if (gn < N) store(out + static_cast<size_t>(gm) * N + gn, acc[i][j] + (b != nullptr ? b[gn] : 0.0f), e);
     }
   }
 }
