@@ -39,9 +39,12 @@ fi
 
 # The tests this stage runs, and those it leaves out (scripts/sanitize-skip.mjs reports them as
 # skipped): the validation-split eval of the bundled model is 20 s of the same kernels the other
-# tests check.
+# tests check; and, as under the sanitizers, the test that measures how busy the event loop is:
+# under wine every system call of the main thread goes through the emulator, and its share of a
+# batched generation measured 35-54 % there against 13-17 % natively (2026-11-30), around the
+# test's 50 % bound, a property of wine rather than of the engine.
 TEST_FILES=(native-kernels native-model native-batch default-model install-selection)
-SKIP_TESTS="eval's loss on the validation split"
+SKIP_TESTS="eval's loss on the validation split|event loop stays free"
 
 if [[ $want != test ]]; then
   stage "building build-win/ with mingw-w64"
