@@ -208,6 +208,14 @@ std::vector<uint16_t> f16_bits(const float* x, size_t n) {
   return bits;
 }
 
+// A position argument (`start` of the embedding and attention tests): 0 to 65536.
+int start_arg(const Napi::CallbackInfo& info, size_t i) {
+  if (info.Length() <= i || !info[i].IsNumber()) throw Napi::TypeError::New(info.Env(), "start must be a number");
+  const int start = info[i].As<Napi::Number>().Int32Value();
+  if (start < 0 || start > (1 << 16)) throw Napi::RangeError::New(info.Env(), "start must be from 0 to 65536");
+  return start;
+}
+
 // cudaMatmul(device, out (T, N), x (T, K), W (N, K), b (N) | null, T, K, N, epilogue 0|1|2,
 //            variant 0|1|2, f16?): with f16 true, W goes to the kernel as float16 (rounded).
 void test_cuda_matmul(const Napi::CallbackInfo& info) {
@@ -271,9 +279,7 @@ void test_cuda_layernorm(const Napi::CallbackInfo& info) {
 void test_cuda_embedding(const Napi::CallbackInfo& info) {
   int device;
   const CudaApi& api = cuda_arg(info, &device);
-  if (info.Length() < 6 || !info[5].IsNumber()) throw Napi::TypeError::New(info.Env(), "start must be a number");
-  const int start = info[5].As<Napi::Number>().Int32Value();
-  if (start < 0 || start > (1 << 16)) throw Napi::RangeError::New(info.Env(), "start must be from 0 to 65536");
+  const int start = start_arg(info, 5);
   const int T = positive(info, 6, "T"), V = positive(info, 7, "V"), C = positive(info, 8, "C");
   if (!info[2].IsTypedArray() || info[2].As<Napi::TypedArray>().TypedArrayType() != napi_int32_array ||
       info[2].As<Napi::Int32Array>().ElementLength() < static_cast<size_t>(T)) {
@@ -300,9 +306,7 @@ void test_cuda_embedding(const Napi::CallbackInfo& info) {
 void test_cuda_attention(const Napi::CallbackInfo& info) {
   int device;
   const CudaApi& api = cuda_arg(info, &device);
-  if (info.Length() < 6 || !info[5].IsNumber()) throw Napi::TypeError::New(info.Env(), "start must be a number");
-  const int start = info[5].As<Napi::Number>().Int32Value();
-  if (start < 0 || start > (1 << 16)) throw Napi::RangeError::New(info.Env(), "start must be from 0 to 65536");
+  const int start = start_arg(info, 5);
   const int T = positive(info, 6, "T"), C = positive(info, 7, "C"), n_head = positive(info, 8, "nHead");
   const int block_size = positive(info, 9, "blockSize");
   if (C % n_head != 0) throw Napi::RangeError::New(info.Env(), "C must be a multiple of nHead");

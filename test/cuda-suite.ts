@@ -33,6 +33,18 @@ const KERNEL_TOLERANCE = 1e-5;
 
 const DIST = new URL('../lib/index.js', import.meta.url).href;
 
+/** Loads a fixture on the cuda and the native engine before a suite's tests, disposes both after. */
+function bothEngines(checkpoint: string, use: (cuda: Model, native: Model) => void): void {
+  let models: Model[] = [];
+  before(async () => {
+    models = [await loadModel(fixture(checkpoint), { backend: 'cuda' }), await loadModel(fixture(checkpoint), { backend: 'native' })];
+    use(models[0]!, models[1]!);
+  });
+  after(() => {
+    for (const m of models) m.dispose();
+  });
+}
+
 function runtimeOf(model: Model): NativeRuntime {
   return model.runtimeForDiagnostics as NativeRuntime;
 }
@@ -93,14 +105,7 @@ export function defineCudaSuite(o: CudaSuiteOptions): void {
       describe(`${name} on cuda`, () => {
         let cuda: Model;
         let native: Model;
-        before(async () => {
-          cuda = await loadModel(fixture(e.checkpoint), { backend: 'cuda' });
-          native = await loadModel(fixture(e.checkpoint), { backend: 'native' });
-        });
-        after(() => {
-          cuda.dispose();
-          native.dispose();
-        });
+        bothEngines(e.checkpoint, (c, n) => ((cuda = c), (native = n)));
 
         test('logits of T = 1 and T = blockSize match the CPU engine and PyTorch within 1e-4', async () => {
           assert.equal(cuda.backend, 'cuda');
@@ -163,14 +168,7 @@ export function defineCudaSuite(o: CudaSuiteOptions): void {
       let cuda: Model;
       let native: Model;
       const e = expected('tiny-bias');
-      before(async () => {
-        cuda = await loadModel(fixture(e.checkpoint), { backend: 'cuda' });
-        native = await loadModel(fixture(e.checkpoint), { backend: 'native' });
-      });
-      after(() => {
-        cuda.dispose();
-        native.dispose();
-      });
+      bothEngines(e.checkpoint, (c, n) => ((cuda = c), (native = n)));
 
       test('generateMany gives the texts of each sample alone, and the CPU engine\'s, in batched passes', async () => {
         const opts = { seed: 5, temperature: 1, topK: 20, maxNewTokens: 12, numSamples: 4 };

@@ -200,12 +200,18 @@ struct Matrix {
 constexpr int kRowsThreads = 128;  // 4 warps, 4 output features a block: N = C spreads over more SMs
 constexpr int kMaxFewRows = 16;    // more rows than this take the tiled kernel
 
+// Blocks of the few-rows kernels for N output features: a warp each.
+dim3 rows_grid(int N) {
+  constexpr int warps = kRowsThreads / mgcuda::kWarp;
+  return dim3((N + warps - 1) / warps);
+}
+
 template <typename W>
 void launch_matmul_t(cudaStream_t stream, float* out, const float* x, const W* w, const float* b, int T, int K, int N,
                      Epilogue e, int variant) {
   const bool few = variant == 1 || (variant == 0 && T <= kMaxFewRows);
   if (few) {
-    const dim3 grid((N + kRowsThreads / mgcuda::kWarp - 1) / (kRowsThreads / mgcuda::kWarp));
+    const dim3 grid = rows_grid(N);
     void (*kernel)(float*, const float*, const W*, const float*, int, int, int, Epilogue) =
         T <= 1   ? mgcuda::matmul_rows_kernel<1, W>
         : T <= 2 ? mgcuda::matmul_rows_kernel<2, W>
@@ -237,7 +243,7 @@ constexpr int kMaxNormRows = 8;
 template <typename W>
 void launch_norm_matmul_t(cudaStream_t stream, float* out, const float* x, const float* ln_w, const float* ln_b,
                           const W* w, const float* b, int T, int K, int N, Epilogue e) {
-  const dim3 grid((N + kRowsThreads / mgcuda::kWarp - 1) / (kRowsThreads / mgcuda::kWarp));
+  const dim3 grid = rows_grid(N);
   void (*kernel)(float*, const float*, const float*, const float*, const W*, const float*, int, int, int, Epilogue) =
       T <= 1   ? mgcuda::norm_matmul_rows_kernel<1, W>
       : T <= 2 ? mgcuda::norm_matmul_rows_kernel<2, W>
@@ -316,6 +322,12 @@ void launch_attention(cudaStream_t stream, int Q, float* att, const float* qkv, 
       : Q == 8 ? mgcuda::attention_kernel<8>
                : mgcuda::attention_kernel<16>;
   MG_LAUNCH(kernel, grid, block, smem, stream, att, qkv, tiles, layer, C, n_head, block_size, n_layer, store_new ? 1 : 0);
+}
+
+// Whether a decode step's attention block (one query row against block_size positions) fits the
+// device's shared memory: the least any model of this shape needs.
+bool attention_fits(int head_size, int block_size, int smem_limit) {
+  return mgcuda::attention_smem_bytes(1, head_size, block_size, attention_threads(1)) <= static_cast<size_t>(smem_limit);
 }
 
 int shared_memory_limit(int device) {
@@ -791,7 +803,7 @@ MICROGPT_CUDA_EXPORT MicrogptCudaModel* microgpt_cuda_model_create(int device, c
     }
     const int smem = shared_memory_limit(device);
     const int hs = c.n_embd / c.n_head;
-    if (mgcuda::attention_smem_bytes(1, hs, c.block_size, attention_threads(1)) > static_cast<size_t>(smem)) {
+    if (!attention_fits(hs, c.block_size, smem)) {
       say(why, why_size, "blockSize " + std::to_string(c.block_size) + " needs more shared memory than this device has");
       return nullptr;
     }
@@ -1083,7 +1095,7 @@ MICROGPT_CUDA_EXPORT int microgpt_cuda_test_attention(int device, float* out, co
     TestScope s(device);
     const int smem = shared_memory_limit(device);
     const int hs = C / n_head;
-    if (mgcuda::attention_smem_bytes(1, hs, block_size, attention_threads(1)) > static_cast<size_t>(smem)) {
+    if (!attention_fits(hs, block_size, smem)) {
       throw CudaFailure{cudaErrorInvalidValue, "shared memory for this block_size"};
     }
     prepare_kernels(smem);
