@@ -11,7 +11,7 @@
  * because learned absolute position embeddings cannot be rotated in place as RoPE keys can).
  */
 import { randomInt } from 'node:crypto';
-import type { ModelRuntime } from './backends/types.js';
+import type { ModelRuntime, TopKRequest } from './backends/types.js';
 import { describe } from './config.js';
 import { checkSignal, invalidArgument, optionsObject } from './errors.js';
 import { Rng } from './sampling/rng.js';
@@ -184,8 +184,11 @@ function stopStrings(stop: unknown): string[] {
  * distributions). Every field is valid only during the call: the loop reuses them.
  */
 export interface TokenStep {
-  /** The step's raw logits over the vocabulary's characters (before any sampling transform). */
-  readonly logits: Float32Array;
+  /**
+   * The step's raw logits over the vocabulary's characters (before any sampling transform); null
+   * when the observer was given without wanting them (generateSample's observeLogits).
+   */
+  readonly logits: Float32Array | null;
   /** The token drawn. */
   readonly token: number;
   /** The sampler that drew it: drawnProbability(id) is id's probability in that draw. */
@@ -205,6 +208,7 @@ export async function* generateSample(
   plan: GenerationPlan,
   sampleIndex: number,
   observe?: TokenObserver,
+  observeLogits = true,
 ): AsyncGenerator<string, GenerationResult, void> {
   const { blockSize, vocabSize } = runtime.config;
   // A model may have more token ids than characters (nanoGPT pads vocab sizes): never sample those.
@@ -221,14 +225,17 @@ export async function* generateSample(
   let windowLength = Math.min(promptIds.length, blockSize);
   window.set(promptIds.slice(promptIds.length - windowLength));
 
+  // Where nobody reads the whole logits, an engine that can may hand the sampler only its top-k
+  // candidates (the CUDA engine: a large vocabulary's logits then stay on the device).
+  const select = observe !== undefined && observeLogits ? undefined : topKRequest(plan.sampler, usable);
   const session = runtime.createSession();
   try {
-    let logits = await session.prefill(window.subarray(0, windowLength));
+    let logits = await session.prefill(window.subarray(0, windowLength), select);
     for (let n = 1; ; n++) {
       const u = plan.sampler.temperature === 0 ? 0 : rng.uniform();
-      const usableLogits = usable === vocabSize ? logits : logits.subarray(0, usable);
-      const token = sampler.sample(usableLogits, plan.sampler, u);
-      if (observe !== undefined) observe({ logits: usableLogits, token, sampler });
+      const step = !(logits instanceof Float32Array) || usable === vocabSize ? logits : logits.subarray(0, usable);
+      const token = sampler.sample(step, plan.sampler, u);
+      if (observe !== undefined) observe({ logits: step instanceof Float32Array ? step : null, token, sampler });
       const ready = stopper.push(tokenizer.token(token));
       if (ready.length > 0) yield ready;
       if (stopper.stopped) return { text: stopper.text, tokens: n, finishReason: 'stop' };
@@ -240,19 +247,19 @@ export async function* generateSample(
 
       if (windowLength < blockSize) {
         window[windowLength++] = token;
-        logits = await session.decode(token);
+        logits = await session.decode(token, select);
       } else if (plan.context === 'shift') {
         // The last `keep` tokens, the new one included, move to positions 0..keep-1.
         window.copyWithin(0, blockSize - plan.keep + 1);
         window[plan.keep - 1] = token;
         windowLength = plan.keep;
         session.reset();
-        logits = await session.prefill(window.subarray(0, windowLength));
+        logits = await session.prefill(window.subarray(0, windowLength), select);
       } else {
         window.copyWithin(0, 1);
         window[blockSize - 1] = token;
         session.reset();
-        logits = await session.prefill(window);
+        logits = await session.prefill(window, select);
       }
     }
   } finally {
@@ -261,6 +268,21 @@ export async function* generateSample(
   const rest = stopper.flush();
   if (rest.length > 0) yield rest;
   return { text: stopper.text, tokens: plan.maxNewTokens, finishReason: 'length' };
+}
+
+/**
+ * Vocabularies from this size ask the engine for top-k candidates. Below it the host walks all
+ * the logits in a few microseconds, about what a selection adds to a step on the device; a
+ * GPT-2 vocabulary (50,257) takes the host 0.1-0.4 ms a token (docs/performance.md).
+ */
+export const SELECT_FROM_VOCABULARY = 1024;
+
+/** What generation asks an engine for instead of the logits, when anything (see SELECT_FROM_VOCABULARY). */
+export function topKRequest(sampler: SamplerSettings, usable: number): TopKRequest | undefined {
+  if (usable < SELECT_FROM_VOCABULARY) return undefined;
+  if (sampler.temperature === 0) return { topK: 1, limit: usable }; // the argmax, and its ties
+  if (sampler.topK !== undefined && sampler.topK < usable) return { topK: sampler.topK, limit: usable };
+  return undefined; // every token stays possible: the sampler needs all the logits
 }
 
 /** Finds stop strings in a growing text and says how much of the text is safe to emit. */

@@ -108,7 +108,8 @@ export class Model {
 
   /**
    * stream() of sample `sampleIndex` (generateMany's sample i), calling `observe` at every token
-   * drawn, before its text is yielded. For the server's logprobs and distributions.
+   * drawn, before its text is yielded. For the server's logprobs and distributions, which need
+   * the step's logits (`withLogits`; its metrics alone do not: an engine may then keep them).
    * @internal
    */
   streamObserved(
@@ -116,9 +117,10 @@ export class Model {
     options: GenerateOptions | undefined,
     sampleIndex: number,
     observe: TokenObserver,
+    withLogits = true,
   ): AsyncGenerator<string, GenerationResult, void> {
     const { promptIds, plan } = this.prepare(prompt, { ...optionsObject(options, 'generation options'), numSamples: 1 });
-    return generateSample(this.live(), this.tokenizer, promptIds, plan, sampleIndex, observe);
+    return generateSample(this.live(), this.tokenizer, promptIds, plan, sampleIndex, observe, withLogits);
   }
 
   /** The engine itself, for diagnostics (the server's metrics, tests). @internal */

@@ -145,7 +145,15 @@ void Engine::Core::settle(Napi::Env env) {
       // promises then stay unsettled, as nobody can see them any more.
       try {
         if (e->on_settled) e->on_settled(error.empty());
-        if (error.empty()) {
+        if (error.empty() && e->request.top_count > 0) {
+          const size_t n = static_cast<size_t>(e->request.top_count);
+          Napi::Float32Array out = e->out_ref.Value().As<Napi::Float32Array>();
+          Napi::Int32Array ids = e->top_ids_ref.Value().As<Napi::Int32Array>();
+          Napi::Object top = Napi::Object::New(env);
+          top.Set("values", Napi::Float32Array::New(env, n, out.ArrayBuffer(), out.ByteOffset()));
+          top.Set("ids", Napi::Int32Array::New(env, n, ids.ArrayBuffer(), ids.ByteOffset()));
+          e->deferred.Resolve(top);
+        } else if (error.empty()) {
           e->deferred.Resolve(e->out_ref.Value());
         } else {
           e->deferred.Reject(Napi::Error::New(env, error).Value());

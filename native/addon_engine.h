@@ -45,6 +45,7 @@ struct PassEntry {
   Napi::ObjectReference receiver;  // the JS model or session stays alive while work is pending
   Napi::Promise::Deferred deferred;
   Napi::ObjectReference out_ref;   // the logits array the promise resolves to
+  Napi::ObjectReference top_ids_ref;  // with top-k asked: where the candidates' ids go (Int32Array)
   std::shared_ptr<SessionState> session;  // null for Model.forward: a scratch cache instead
   std::vector<int> ids;
   ForwardRequest request;
@@ -67,7 +68,9 @@ class Engine {
   Engine& operator=(const Engine&) = delete;
 
   // Main thread: runs the entries' requests on `model`, batched with whatever else is waiting,
-  // then settles their promises (in one callback, so sessions stepping together stay together).
+  // then settles their promises (in one callback, so sessions stepping together stay together):
+  // each with its logits array, or, where top-k candidates came instead (request.top_count > 0),
+  // with { values, ids }: views of that array and of top_ids_ref's, top_count long.
   // The event loop stays alive until then.
   void submit(std::shared_ptr<Transformer> model, std::vector<std::unique_ptr<PassEntry>> entries);
 

@@ -434,8 +434,8 @@ class AddonModel : public Napi::ObjectWrap<AddonModel> {
     return p;
   }
 
-  // appendMany(sessions: Session[], ids: Int32Array[]): Promise<Float32Array>[], as
-  // sessions[i].append(ids[i]) for every i, queued as one group so that they share batched
+  // appendMany(sessions: Session[], ids: Int32Array[], select?: ({ topK, limit } | undefined)[]),
+  // as sessions[i].append(ids[i], select?.[i]) for every i, queued as one group so that they share batched
   // passes and settle together. A problem with one pair rejects its promise only.
   Napi::Value append_many(const Napi::CallbackInfo& info);
 
@@ -461,6 +461,7 @@ class AddonModel : public Napi::ObjectWrap<AddonModel> {
       o.Set("deviceBytes", Napi::Number::New(env, static_cast<double>(s.device_bytes)));
       o.Set("graphLaunches", Napi::Number::New(env, static_cast<double>(s.graph_launches)));
       o.Set("graphs", Napi::Number::New(env, static_cast<double>(s.graphs)));
+      o.Set("selectedRows", Napi::Number::New(env, static_cast<double>(s.selected_rows)));
       if (s.profiled) o.Set("hostSeconds", Napi::Number::New(env, s.host_seconds));
     }
     return o;
@@ -528,11 +529,12 @@ class AddonSession : public Napi::ObjectWrap<AddonSession> {
   }
 
  private:
-  // append(ids: Int32Array): Promise<Float32Array>, the logits (vocabSize) of the last id: a
-  // prefill of the TypeScript session, or one decode step.
+  // append(ids: Int32Array, select?: { topK, limit }): Promise<Float32Array | { values, ids }>,
+  // the logits (vocabSize) of the last id, or its top-k candidates where select asked and the
+  // engine gives them (PassEntry): a prefill of the TypeScript session, or one decode step.
   Napi::Value append(const Napi::CallbackInfo& info) {
     std::vector<std::unique_ptr<PassEntry>> entries;
-    entries.push_back(begin(info[0]));
+    entries.push_back(begin(info[0], info[1]));
     BusyClaim busy = claim();
     Napi::Promise p = entries.front()->deferred.Promise();
     handle_->engine->submit(handle_->model, std::move(entries));
@@ -541,10 +543,10 @@ class AddonSession : public Napi::ObjectWrap<AddonSession> {
   }
 
  public:
-  // Checks a prefill of `ids`: the request for the engine. Throws (a JS error) when the session
-  // cannot take it. The caller claims the session (claim()) and keeps the claim once the request
-  // is queued.
-  std::unique_ptr<PassEntry> begin(Napi::Value ids_value) {
+  // Checks a prefill of `ids` (and `select`: undefined, or top-k candidates asked for): the
+  // request for the engine. Throws (a JS error) when the session cannot take it. The caller
+  // claims the session (claim()) and keeps the claim once the request is queued.
+  std::unique_ptr<PassEntry> begin(Napi::Value ids_value, Napi::Value select) {
     Napi::Env env = ids_value.Env();
     if (!state_) throw disposed_error(env, "session");
     if (handle_->disposed || !handle_->model) throw disposed_error(env, "model");
@@ -557,13 +559,28 @@ class AddonSession : public Napi::ObjectWrap<AddonSession> {
     // allocation per token for a GPT-2-sized vocabulary.
     if (logits_.IsEmpty()) logits_ = Napi::Persistent(static_cast<Napi::Object>(Napi::Float32Array::New(env, c.vocab_size)));
     Napi::Float32Array out = logits_.Value().As<Napi::Float32Array>();
-    return std::make_unique<PassEntry>(Value(), out, state_, std::move(ids), start, false, [this, start, T](bool ok) {
+    int top_k = 0, top_limit = 0;
+    if (!select.IsUndefined() && !select.IsNull()) top_k = select_arg(select, c.vocab_size, &top_limit);
+    auto entry = std::make_unique<PassEntry>(Value(), out, state_, std::move(ids), start, false, [this, start, T](bool ok) {
       // Main thread; the entry's receiver reference keeps this object alive until now.
       busy_ = false;
       length_ = ok ? start + T : start;
-      if (!state_) logits_.Reset();  // disposed while running
-      handle_->report_memory();     // the first prefill may have made a KV cache
+      if (!state_) {  // disposed while running
+        logits_.Reset();
+        top_ids_.Reset();
+      }
+      handle_->report_memory();  // the first prefill may have made a KV cache
     });
+    if (top_k > 0) {
+      // As the logits: one array per session, reused by every call.
+      if (top_ids_.IsEmpty()) top_ids_ = Napi::Persistent(static_cast<Napi::Object>(Napi::Int32Array::New(env, c.vocab_size)));
+      Napi::Int32Array top_ids = top_ids_.Value().As<Napi::Int32Array>();
+      entry->top_ids_ref = Napi::Persistent(static_cast<Napi::Object>(top_ids));
+      entry->request.top_k = top_k;
+      entry->request.top_limit = top_limit;
+      entry->request.top_ids = top_ids.Data();
+    }
+    return entry;
   }
   BusyClaim claim() { return BusyClaim(&busy_); }
   bool belongs_to(const std::shared_ptr<Handle>& handle) const { return handle_ == handle; }
@@ -577,7 +594,27 @@ class AddonSession : public Napi::ObjectWrap<AddonSession> {
 
   void dispose(const Napi::CallbackInfo&) {
     state_.reset();  // the KV cache goes now, or when the pending prefill ends
-    if (!busy_) logits_.Reset();
+    if (!busy_) {
+      logits_.Reset();
+      top_ids_.Reset();
+    }
+  }
+
+  // select: { topK, limit }, integers with 0 < topK < limit <= vocabSize. Returns topK.
+  static int select_arg(Napi::Value select, int vocab_size, int* limit) {
+    Napi::Env env = select.Env();
+    if (!select.IsObject()) throw Napi::TypeError::New(env, "select must be an object { topK, limit }");
+    Napi::Object o = select.As<Napi::Object>();
+    const Napi::Value k = o.Get("topK"), l = o.Get("limit");
+    if (!k.IsNumber() || !l.IsNumber()) throw Napi::TypeError::New(env, "select.topK and select.limit must be integers");
+    const double top_k = k.As<Napi::Number>().DoubleValue(), top_limit = l.As<Napi::Number>().DoubleValue();
+    if (!(std::floor(top_k) == top_k && std::floor(top_limit) == top_limit && top_limit >= 2 && top_limit <= vocab_size &&
+          top_k >= 1 && top_k < top_limit)) {
+      throw Napi::RangeError::New(env, "select must have integers 0 < topK < limit <= vocabSize (" +
+                                           std::to_string(vocab_size) + ")");
+    }
+    *limit = static_cast<int>(top_limit);
+    return static_cast<int>(top_k);
   }
 
   Napi::Value length(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), length_); }
@@ -585,6 +622,7 @@ class AddonSession : public Napi::ObjectWrap<AddonSession> {
   std::shared_ptr<Handle> handle_;
   std::shared_ptr<SessionState> state_;
   Napi::ObjectReference logits_;  // (vocab_size), the result of every prefill
+  Napi::ObjectReference top_ids_;  // (vocab_size), the ids of top-k candidates, made when first asked
   int length_ = 0;
   bool busy_ = false;
 };
@@ -599,6 +637,10 @@ Napi::Value AddonModel::append_many(const Napi::CallbackInfo& info) {
   }
   Napi::Array sessions = info[0].As<Napi::Array>();
   Napi::Array ids = info[1].As<Napi::Array>();
+  const bool selecting = info.Length() >= 3 && !info[2].IsUndefined();
+  if (selecting && (!info[2].IsArray() || info[2].As<Napi::Array>().Length() != sessions.Length())) {
+    throw Napi::TypeError::New(env, "appendMany(sessions, ids, select): select must be an array, one entry per session");
+  }
   if (sessions.Length() != ids.Length()) {
     throw Napi::RangeError::New(env, "appendMany: " + std::to_string(sessions.Length()) + " sessions but " +
                                          std::to_string(ids.Length()) + " id arrays; give one per session");
@@ -619,7 +661,8 @@ Napi::Value AddonModel::append_many(const Napi::CallbackInfo& info) {
       if (!session->belongs_to(handle_)) {
         throw Napi::Error::New(env, "appendMany: sessions[" + std::to_string(i) + "] belongs to another model");
       }
-      std::unique_ptr<PassEntry> entry = session->begin(ids.Get(i));
+      std::unique_ptr<PassEntry> entry =
+          session->begin(ids.Get(i), selecting ? info[2].As<Napi::Array>().Get(i) : env.Undefined());
       BusyClaim busy = session->claim();  // a session twice in the group: the second finds it busy
       promises.Set(i, entry->deferred.Promise());
       entries.push_back(std::move(entry));

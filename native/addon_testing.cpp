@@ -320,6 +320,38 @@ void test_cuda_attention(const Napi::CallbackInfo& info) {
   cuda_check(info, status, "attention", why);
 }
 
+// An Int32Array argument of at least min_length elements.
+Napi::Int32Array i32(const Napi::CallbackInfo& info, size_t i, size_t min_length, const char* name) {
+  if (i >= info.Length() || !info[i].IsTypedArray() || info[i].As<Napi::TypedArray>().TypedArrayType() != napi_int32_array ||
+      info[i].As<Napi::Int32Array>().ElementLength() < min_length) {
+    throw Napi::TypeError::New(info.Env(), std::string(name) + " must be an Int32Array of at least " +
+                                               std::to_string(min_length) + " elements");
+  }
+  return info[i].As<Napi::Int32Array>();
+}
+
+// cudaSelect(device, logits (rows, V), rows, V, k (rows), limit (rows), values (rows, V),
+//            ids (rows, V)): Int32Array of each row's count (-1: the row holds a NaN).
+Napi::Value test_cuda_select(const Napi::CallbackInfo& info) {
+  int device;
+  const CudaApi& api = cuda_arg(info, &device);
+  const int rows = positive(info, 2, "rows"), V = positive(info, 3, "V");
+  const size_t n = static_cast<size_t>(rows) * V;
+  const float* logits = f32(info, 1, n, "logits").Data();
+  const int32_t* k = i32(info, 4, rows, "k").Data();
+  const int32_t* limit = i32(info, 5, rows, "limit").Data();
+  for (int r = 0; r < rows; r++) {
+    if (k[r] < 1 || k[r] >= limit[r] || limit[r] > V) throw Napi::RangeError::New(info.Env(), "k and limit must satisfy 0 < k < limit <= V");
+  }
+  float* values = f32(info, 6, n, "values").Data();
+  int32_t* ids = i32(info, 7, n, "ids").Data();
+  Napi::Int32Array counts = Napi::Int32Array::New(info.Env(), static_cast<size_t>(rows));
+  char why[1024] = {0};
+  const int status = api.test_select(device, logits, rows, V, k, limit, values, ids, counts.Data(), why, static_cast<int>(sizeof why));
+  cuda_check(info, status, "top-k selection", why);
+  return counts;
+}
+
 }  // namespace
 
 Napi::Object make_testing(Napi::Env env) {
@@ -338,6 +370,7 @@ Napi::Object make_testing(Napi::Env env) {
   t.Set("cudaNormMatmul", Napi::Function::New(env, test_cuda_norm_matmul, "cudaNormMatmul"));
   t.Set("cudaEmbedding", Napi::Function::New(env, test_cuda_embedding, "cudaEmbedding"));
   t.Set("cudaAttention", Napi::Function::New(env, test_cuda_attention, "cudaAttention"));
+  t.Set("cudaSelect", Napi::Function::New(env, test_cuda_select, "cudaSelect"));
   return t;
 }
 

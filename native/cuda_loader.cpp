@@ -67,6 +67,7 @@ CudaStatus probe() {
     resolve(api.test_layernorm, "microgpt_cuda_test_layernorm");
     resolve(api.test_embedding, "microgpt_cuda_test_embedding");
     resolve(api.test_attention, "microgpt_cuda_test_attention");
+    resolve(api.test_select, "microgpt_cuda_test_select");
   }
   if (!complete) {
     s.reason = "the CUDA module " + path + " was built for another version of microgpt; rebuild it (npm run build:native)";

@@ -34,6 +34,7 @@ struct CudaApi {
   microgpt_cuda_test_layernorm_fn test_layernorm = nullptr;
   microgpt_cuda_test_embedding_fn test_embedding = nullptr;
   microgpt_cuda_test_attention_fn test_attention = nullptr;
+  microgpt_cuda_test_select_fn test_select = nullptr;
 };
 
 struct CudaStatus {

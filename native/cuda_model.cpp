@@ -68,6 +68,10 @@ std::string CudaModel::run(ForwardRequest* const* batch, int n) {
     q.T = r.T;
     q.logits = r.logits;
     q.all_positions = r.all_positions ? 1 : 0;
+    q.top_k = r.top_k;
+    q.top_limit = r.top_limit;
+    q.top_ids = reinterpret_cast<int32_t*>(r.top_ids);
+    q.top_count = &batch[i]->top_count;
     requests_.push_back(q);
   }
   char why[1024] = {0};

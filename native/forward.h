@@ -22,6 +22,15 @@ struct ForwardRequest {
   float* logits;
   bool all_positions;
   std::string error;  // why the pass failed; empty when it ran
+  // Top-k candidates instead of the last position's logits, where an engine gives them (the
+  // CUDA engine's, for a large vocabulary: native/cuda/api.h, MicrogptCudaRequest): top_k > 0
+  // asks for the ids below top_limit whose logit is at or above the top_k-th largest; top_count
+  // > 0 says they came, their logits in logits[0..top_count) and ids in top_ids (room for
+  // top_limit). The CPU engine always writes the logits (top_count stays 0).
+  int top_k = 0;
+  int top_limit = 0;
+  int* top_ids = nullptr;
+  int top_count = 0;
 };
 
 // The steps of a pass, timed one by one when a model is profiled (MICROGPT_PROFILE=1 at load):

@@ -148,6 +148,7 @@ void Transformer::record_cuda_stats() {
   stats_.device_bytes = c.device_bytes;
   stats_.graph_launches = c.graph_launches;
   stats_.graphs = c.graphs;
+  stats_.selected_rows = c.selected_rows;
   if (stats_.profiled) {
     for (int p = 0; p < kPhases; p++) stats_.phase_seconds[p] = c.phase_seconds[p];
     stats_.host_seconds = c.host_seconds;

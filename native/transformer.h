@@ -42,6 +42,7 @@ struct BatchStats {
   uint64_t device_bytes = 0;
   uint64_t graph_launches = 0;
   uint64_t graphs = 0;
+  uint64_t selected_rows = 0;  // rows whose top-k candidates came back instead of their logits
   double host_seconds = 0;
 };
 

@@ -270,6 +270,96 @@ export function defineCudaSuite(o: CudaSuiteOptions): void {
       });
     });
 
+    describe('a vocabulary of 1,100 tokens: top-k candidates come back instead of the logits', () => {
+      const V = 1100;
+      const config: ModelConfig = { vocabSize: V, blockSize: 16, nLayer: 1, nHead: 2, nEmbd: 32, bias: true };
+      const weights = randomTestWeights(config, 21);
+      const vocab = Array.from({ length: V }, (_, i) => String.fromCharCode(0x4e00 + i));
+      let cuda: Model;
+      let native: Model;
+      before(async () => {
+        cuda = await createModel(config, weights, vocab, { backend: 'cuda' });
+        native = await createModel(config, weights, vocab, { backend: 'native' });
+      });
+      after(() => {
+        cuda.dispose();
+        native.dispose();
+      });
+
+      test("a decode step's candidates are those of its logits, exactly: graphs and launched kernels, a piece's worth and more", async () => {
+        const launched = await withEnv({ MICROGPT_CUDA_GRAPHS: '0' }, () => createModel(config, weights, vocab, { backend: 'cuda' }));
+        for (const model of [cuda, launched]) {
+          const runtime = runtimeOf(model);
+          for (const topK of [1, 40, 300]) {
+            // One session asks for candidates, its twin for logits, in passes of their own.
+            const picking = runtime.createSession();
+            const plain = runtime.createSession();
+            const select = { topK, limit: V - 3 };
+            let top = await picking.prefill(Int32Array.of(5, 900), select);
+            let logits = await plain.prefill(Int32Array.of(5, 900));
+            for (let step = 0; step < 6; step++) {
+              assert.ok(!(top instanceof Float32Array), 'candidates came back');
+              const row = logits.subarray(0, V - 3);
+              const kth = [...row].sort((a, b) => b - a)[topK - 1]!;
+              const ids = Array.from(row.keys()).filter((i) => row[i]! >= kth);
+              assert.deepEqual(Array.from(top.ids), ids, `topK ${topK}, step ${step}`);
+              assert.deepEqual(Array.from(top.values), ids.map((i) => row[i]!), `topK ${topK}, step ${step}`);
+              const next = (ids[0]! * 7 + step) % V;
+              top = await picking.decode(next, select);
+              logits = await plain.decode(next);
+            }
+            picking.dispose();
+            plain.dispose();
+          }
+        }
+        assert.ok((statsOf(cuda).graphs ?? 0) >= 2, 'graphs for logits and for candidates');
+        assert.equal(statsOf(launched).graphLaunches, 0);
+        launched.dispose();
+      });
+
+      test("seeded samples give the CPU engine's texts (top-k, top-p, greedy), batched too, from candidates alone", async () => {
+        const prompt = vocab[3]! + vocab[1000]!;
+        const settings: GenerateOptions[] = [
+          { seed: 1, temperature: 0.9, topK: 50 },
+          { seed: 2, temperature: 1.3, topK: 300 }, // more candidates than a row's piece holds
+          { seed: 3, temperature: 0.8, topK: 40, topP: 0.9 },
+          { temperature: 0 },
+        ];
+        for (const s of settings) {
+          const opts = { ...s, maxNewTokens: 24 }; // past blockSize: prefills of the sliding window select too
+          const before = statsOf(cuda).selectedRows ?? 0;
+          const text = await cuda.generate(prompt, opts);
+          assert.equal(text, await native.generate(prompt, opts), JSON.stringify(s));
+          assert.equal((statsOf(cuda).selectedRows ?? 0) - before, 24, `every token drawn from candidates: ${JSON.stringify(s)}`);
+        }
+        const many = { seed: 9, temperature: 1, topK: 30, maxNewTokens: 10, numSamples: 4 };
+        const before = statsOf(cuda);
+        assert.deepEqual(await cuda.generateMany(prompt, many), await native.generateMany(prompt, many));
+        const after = statsOf(cuda);
+        assert.ok(after.largestBatch > 1, `largest batch ${after.largestBatch}`);
+        assert.equal((after.selectedRows ?? 0) - (before.selectedRows ?? 0), 40);
+      });
+
+      test('the logits come back where every token stays possible, or an observer reads them', async () => {
+        const prompt = vocab[7]!;
+        const before = statsOf(cuda).selectedRows;
+        const opts = { seed: 4, temperature: 1, topK: null, maxNewTokens: 5 };
+        assert.equal(await cuda.generate(prompt, opts), await native.generate(prompt, opts));
+        const seen: (Float32Array | null)[] = [];
+        const read = async (withLogits: boolean) => {
+          const stream = cuda.streamObserved(prompt, { ...opts, topK: 20 }, 0, (step) => seen.push(step.logits), withLogits);
+          while ((await stream.next()).done !== true);
+        };
+        await read(true);
+        assert.equal(statsOf(cuda).selectedRows, before);
+        assert.ok(seen.length === 5 && seen.every((l) => l !== null && l.length === V));
+        seen.length = 0;
+        await read(false);
+        assert.equal((statsOf(cuda).selectedRows ?? 0) - (before ?? 0), 5);
+        assert.ok(seen.length === 5 && seen.every((l) => l === null));
+      });
+    });
+
     describe('lifetimes and refusals', () => {
       const e = expected('tiny-bias');
 
@@ -582,6 +672,60 @@ export function defineCudaSuite(o: CudaSuiteOptions): void {
           testing.cudaAttention(0, got, qkv, keys, values, start, T, C, heads, blockSize);
           close(got, want, `start ${start} T ${T} C ${C} heads ${heads}`);
         }
+      });
+
+      test("top-k selection: the sampler's candidates (ties, -0 and +0, infinities, NaN rows, more than a row's piece holds)", () => {
+        // Each row's k-th largest by a sorted copy, and every id at or above it, ascending.
+        const want = (row: Float32Array, k: number, limit: number): number[] | null => {
+          const head = Array.from(row.subarray(0, limit));
+          if (head.some(Number.isNaN)) return null;
+          const kth = [...head].sort((a, b) => b - a)[k - 1]!;
+          return head.flatMap((v, i) => (v >= kth ? [i] : []));
+        };
+        let seed = 3;
+        const random = () => (seed = (seed * 1103515245 + 12345) % 2 ** 31) / 2 ** 31;
+        // [V, [k, limit, how the row is filled]...]: a V of one warp's width and off it, GPT-2's.
+        type Fill = (i: number) => number;
+        const spread: Fill = () => (random() - 0.5) * 20;
+        const cases: [number, [number, number, Fill][]][] = [
+          [33, [[1, 33, spread], [32, 33, spread], [5, 20, (i) => (i % 4) - 1.5], [5, 33, (i) => [0, -0, -1][i % 3]!]]], // the 5th largest is 0: the -0s tie with it
+          [1000, [
+            [200, 1000, spread],
+            [1, 999, () => Math.floor(random() * 3)], // the argmax of many ties
+            [7, 900, () => 2.5], // every one tied: 900 candidates, beyond a row's piece (256)
+            [300, 1000, (i) => 1 + (i % 400) * 2 ** -23], // neighbouring floats: all four bytes of the key decide
+            [10, 1000, (i) => (i === 500 ? NaN : i)],
+            [4, 1000, (i) => [Infinity, -Infinity, 0, 3][i % 4]!],
+            [999, 1000, (i) => -i], // all but the last
+          ]],
+          [50304, [[200, 50257, spread], [1, 50257, spread]]],
+        ];
+        for (const [V, rows] of cases) {
+          const logits = new Float32Array(rows.length * V);
+          rows.forEach(([, , fill], r) => {
+            for (let i = 0; i < V; i++) logits[r * V + i] = fill(i);
+          });
+          // Beyond each limit, values larger than any before it: they must not count.
+          rows.forEach(([, limit], r) => logits.fill(1e30, r * V + limit, (r + 1) * V));
+          const values = new Float32Array(rows.length * V).fill(-7);
+          const ids = new Int32Array(rows.length * V).fill(-7);
+          const k = Int32Array.from(rows, ([k]) => k);
+          const limits = Int32Array.from(rows, ([, limit]) => limit);
+          const counts = testing.cudaSelect(0, logits, rows.length, V, k, limits, values, ids);
+          rows.forEach(([kr, limit], r) => {
+            const row = logits.subarray(r * V, (r + 1) * V);
+            const expect = want(row, kr, limit);
+            const what = `V ${V} row ${r}: k ${kr} of ${limit}`;
+            if (expect === null) {
+              assert.equal(counts[r], -1, what);
+              return;
+            }
+            assert.equal(counts[r], expect.length, what);
+            assert.deepEqual(Array.from(ids.subarray(r * V, r * V + expect.length)), expect, what);
+            assert.deepEqual(Array.from(values.subarray(r * V, r * V + expect.length)), expect.map((i) => row[i]!), what);
+          });
+        }
+        assert.throws(() => testing.cudaSelect(0, new Float32Array(8), 1, 8, Int32Array.of(8), Int32Array.of(8), new Float32Array(8), new Int32Array(8)), /0 < k < limit <= V/);
       });
 
       test("bad arguments come back as the module's reason, an unusable device as ERR_BACKEND_UNAVAILABLE", () => {

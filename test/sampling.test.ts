@@ -2,6 +2,7 @@
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { test } from 'node:test';
+import type { TopLogits } from '../lib/backends/types.js';
 import { Rng, Sampler, argmax } from '../lib/index.js';
 import { fixture } from './helpers.js';
 
@@ -144,4 +145,57 @@ test('top-k sampling draws what the plain definition draws, on vocabularies up t
     }
     if (trial % 7 === 0) sampler.sample(logits, { temperature: 0 }, u); // a greedy draw in between changes nothing
   }
+});
+
+/**
+ * An engine's top-k candidates (TopKRequest), by their definition: the ids whose logit is at or
+ * above the k-th largest, ascending, with their logits.
+ */
+function candidates(logits: Float32Array, k: number): TopLogits {
+  const kth = [...logits].sort((a, b) => b - a)[k - 1]!;
+  const ids = Int32Array.from(Array.from(logits.keys()).filter((i) => logits[i]! >= kth));
+  return { ids, values: Float32Array.from(ids, (i) => logits[i]!) };
+}
+
+test("drawing from an engine's top-k candidates gives the draw and probabilities of the whole logits", () => {
+  let seed = 11;
+  const random = () => (seed = (seed * 1103515245 + 12345) % 2 ** 31) / 2 ** 31;
+  const whole: Record<number, Sampler> = {};
+  const fromTop: Record<number, Sampler> = {};
+  for (let trial = 0; trial < 240; trial++) {
+    const V = [3, 65, 1000, 4096][trial % 4]!;
+    // Integers (ties across the k-th), spread values, -0 beside +0 and infinities.
+    const kind = Math.floor(trial / 4) % 3;
+    const logits = Float32Array.from({ length: V }, (_, i) => {
+      if (kind === 0) return Math.floor(random() * 5);
+      if (kind === 1) return (random() - 0.5) * 30;
+      return [-0, 0, Infinity, -Infinity, 1][i % 5]!;
+    });
+    const temperature = [0, 1, 0.7, 2.5, 100][trial % 5]!;
+    const topK = [1, 2, 200, 999][Math.floor(trial / 12) % 4]!;
+    const topP = trial % 3 === 0 ? 0.8 : undefined;
+    const k = Math.min(topK, V - 1);
+    const settings = { temperature, topK: k, topP };
+    const u = random();
+    const a = (whole[V] ??= new Sampler(V));
+    const b = (fromTop[V] ??= new Sampler(V));
+    // Candidates of this k, and of a larger one (they hold every logit this k keeps).
+    const top = candidates(logits, k);
+    const wider = candidates(logits, Math.min(V - 1, k + 3));
+    const what = `trial ${trial}: V ${V}, kind ${kind}, T ${temperature}, topK ${k}, topP ${topP}, ${top.ids.length} candidates`;
+    const want = a.sample(logits, settings, u);
+    assert.equal(b.sample(wider, settings, u), want, `${what} (wider)`);
+    assert.equal(b.sample(top, settings, u), want, what);
+    for (const id of [0, V - 1, want, Math.floor(random() * V), top.ids[0]!]) {
+      assert.equal(b.drawnProbability(id), a.drawnProbability(id), `${what}: the probability of ${id}`);
+    }
+  }
+});
+
+test('top-k candidates too few for the sampler are refused, not drawn from', () => {
+  const s = new Sampler(10);
+  const top = candidates(Float32Array.from({ length: 10 }, (_, i) => i), 3);
+  assert.throws(() => s.sample(top, { temperature: 1, topK: 5 }, 0.5), /3 top-k candidates cannot give a draw keeping the top 5/);
+  assert.throws(() => s.sample(top, { temperature: 1 }, 0.5), /cannot give a draw keeping every token/);
+  assert.equal(s.sample(top, { temperature: 0 }, 0.5), 9);
 });

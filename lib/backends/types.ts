@@ -63,6 +63,22 @@ export interface ModelRuntime {
 }
 
 /**
+ * What the sampler needs of a step's logits when it keeps the top k: the ids i < limit whose
+ * logit is at or above the k-th largest of logits[0..limit) (ties with it included, as the sampler
+ * keeps them). 0 < topK < limit <= vocabSize.
+ */
+export interface TopKRequest {
+  readonly topK: number;
+  readonly limit: number;
+}
+
+/** Those candidates: ids in ascending order, and their logits (exactly the logits' values). */
+export interface TopLogits {
+  readonly ids: Int32Array;
+  readonly values: Float32Array;
+}
+
+/**
  * One sequence being generated: the keys and values of the tokens seen so far (absolute positions
  * 0..length-1). Calls on one session must not overlap; different sessions may run concurrently.
  */
@@ -72,10 +88,14 @@ export interface InferenceSession {
   /**
    * Appends `ids` at positions length..length+n-1 (length + n <= blockSize, n >= 1) and returns the
    * logits of the last of them [vocabSize]. The array may be reused by the next call: copy to keep.
+   * With `select`, an engine may return the top-k candidates instead (the CUDA engine does, so that
+   * a large vocabulary's logits stay on the device); the others ignore it.
    */
   prefill(ids: Int32Array): Promise<Float32Array>;
+  prefill(ids: Int32Array, select: TopKRequest | undefined): Promise<Float32Array | TopLogits>;
   /** prefill of a single token; engines may take a faster matrix-vector path here. */
   decode(id: number): Promise<Float32Array>;
+  decode(id: number, select: TopKRequest | undefined): Promise<Float32Array | TopLogits>;
   /** Empties the KV cache (length becomes 0). */
   reset(): void;
   /** Frees the KV cache. */

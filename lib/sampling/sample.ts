@@ -3,6 +3,7 @@
  * divide by the temperature, keep the top-k (values tied with the k-th survive), softmax, draw.
  * The uniform random number is an argument, so a test can pin every draw.
  */
+import type { TopLogits } from '../backends/types.js';
 import { CONFIG_LIMITS, describe } from '../config.js';
 import { invalidArgument } from '../errors.js';
 
@@ -13,6 +14,15 @@ export interface SamplerSettings {
   readonly topK?: number | undefined;
   /** Nucleus sampling: keep the most likely tokens whose probabilities sum to at least topP. */
   readonly topP?: number | undefined;
+}
+
+/**
+ * The id of the largest candidate (the lowest among equals): argmax of the logits they came from,
+ * which hold nothing larger.
+ */
+function argmaxOf(top: TopLogits): number {
+  const best = argmax(top.values);
+  return top.ids[best] as number;
 }
 
 /** Index of the largest logit; the lowest index among equals, as torch.argmax. */
@@ -58,12 +68,17 @@ export class Sampler {
 
   /**
    * Draws a token. `u` is uniform in [0, 1). The caller validated the settings (sampling options)
-   * and the logits are those of one position, length vocabSize.
+   * and the logits are those of one position, length vocabSize; or, from an engine that selects
+   * them (TopKRequest), the top-k candidates among them, selected with at least settings.topK
+   * (greedy: any k), which give the same draw: the candidates hold every logit the top-k keeps.
    */
-  sample(logits: Float32Array, settings: SamplerSettings, u: number): number {
-    if (settings.temperature === 0) return (this.lastGreedy = argmax(logits));
+  sample(logits: Float32Array | TopLogits, settings: SamplerSettings, u: number): number {
+    const top = logits instanceof Float32Array ? null : logits;
+    if (settings.temperature === 0) return (this.lastGreedy = top === null ? argmax(logits as Float32Array) : argmaxOf(top));
     this.lastGreedy = -1;
-    const V = logits.length;
+    const V = this.probs.length;
+    const values = top === null ? (logits as Float32Array) : top.values;
+    const n = values.length; // V, or the candidates'
     const T = settings.temperature;
     const probs = this.probs;
     const kept = this.kept;
@@ -72,11 +87,15 @@ export class Sampler {
     for (let j = 0; j < this.keptCount; j++) probs[kept[j] as number] = 0;
     // Dividing by T > 0 keeps the order of the logits, so the k-th largest quotient is the k-th
     // largest logit divided, and the largest quotient (always kept) the largest logit divided:
-    // both found on the logits in one pass, without a divided copy.
+    // both found on the logits in one pass, without a divided copy. Among candidates that hold
+    // the k largest logits, the k-th largest is the same.
     const topK = settings.topK !== undefined && settings.topK < V ? settings.topK : 0;
-    const kth = topK > 0 ? this.kthLargest(logits, V, topK) : -Infinity;
+    if (top !== null && (topK === 0 || topK > n)) {
+      throw new Error(`internal: ${n} top-k candidates cannot give a draw keeping ${topK === 0 ? 'every token' : `the top ${topK}`}`);
+    }
+    const kth = topK > 0 ? this.kthLargest(values, n, topK) : -Infinity;
     const threshold = kth / T;
-    const max = (topK > 0 ? this.largest : (logits[argmax(logits)] as number)) / T;
+    const max = (topK > 0 ? this.largest : (values[argmax(values)] as number)) / T;
     // Which logits the threshold keeps: those whose quotient reaches it. Where the threshold is a
     // normal double, that is exactly the logits at or above the k-th (float32 logits below it
     // differ from it by a part in 2^24 at least, which division by T in double precision keeps
@@ -85,30 +104,43 @@ export class Sampler {
     const plain = topK > 0 && Number.isFinite(threshold) && Math.abs(threshold) >= 2 ** -960;
 
     let total = 0;
-    let n = 0;
-    if (plain) {
-      for (let i = 0; i < V; i++) {
-        if ((logits[i] as number) >= kth) {
-          const p = Math.exp((logits[i] as number) / T - max);
+    let count = 0;
+    if (top !== null) {
+      // The candidates, in ascending id order as the pass over all logits would meet them.
+      const ids = top.ids;
+      for (let j = 0; j < n; j++) {
+        const v = (values[j] as number) / T;
+        if (plain ? (values[j] as number) >= kth : v >= threshold) {
+          const i = ids[j] as number;
+          const p = Math.exp(v - max);
           probs[i] = p;
           total += p;
-          kept[n++] = i;
+          kept[count++] = i;
+        }
+      }
+    } else if (plain) {
+      for (let i = 0; i < V; i++) {
+        if ((values[i] as number) >= kth) {
+          const p = Math.exp((values[i] as number) / T - max);
+          probs[i] = p;
+          total += p;
+          kept[count++] = i;
         }
       }
     } else {
       for (let i = 0; i < V; i++) {
-        const v = (logits[i] as number) / T;
+        const v = (values[i] as number) / T;
         if (v >= threshold) {
           const p = Math.exp(v - max);
           probs[i] = p;
           total += p;
-          kept[n++] = i;
+          kept[count++] = i;
         }
       }
     }
-    this.keptCount = n;
+    this.keptCount = count;
 
-    if (settings.topP !== undefined && settings.topP < 1) total = this.nucleus(V, total, settings.topP);
+    if (settings.topP !== undefined && settings.topP < 1) total = this.nucleus(total, settings.topP);
     this.lastTotal = total;
 
     // Inverse transform over token ids in ascending order, as torch.multinomial walks the CDF
@@ -116,7 +148,7 @@ export class Sampler {
     const target = u * total;
     let cumulative = 0;
     let lastKept = 0;
-    for (let j = 0; j < n; j++) {
+    for (let j = 0; j < count; j++) {
       const i = kept[j] as number;
       const p = probs[i] as number;
       if (p === 0) continue;
@@ -170,10 +202,14 @@ export class Sampler {
    * Zeroes the tail of the distribution: keeps the most likely tokens until their mass reaches
    * topP of the total (at least one token; ties broken by the lower id). Returns the kept mass.
    */
-  private nucleus(V: number, total: number, topP: number): number {
+  private nucleus(total: number, topP: number): number {
     const probs = this.probs;
     let n = 0;
-    for (let i = 0; i < V; i++) if ((probs[i] as number) > 0) this.order[n++] = i;
+    // The kept ids, ascending: the only ones with a probability.
+    for (let j = 0; j < this.keptCount; j++) {
+      const i = this.kept[j] as number;
+      if ((probs[i] as number) > 0) this.order[n++] = i;
+    }
     const order = this.order.subarray(0, n);
     order.sort((a, b) => (probs[b] as number) - (probs[a] as number) || a - b);
     const limit = topP * total;

@@ -224,7 +224,7 @@ export function createHandler(model: Model | Promise<Model>, options: HandlerOpt
       metrics.tokens.inc();
       if (wantFacts) pending.push(tokenFacts(m, step, m.tokenizer.token(step.token), request.logprobs ?? 0, request.distribution));
     };
-    const stream = m.streamObserved(prompt, options, sampleIndex, observe);
+    const stream = m.streamObserved(prompt, options, sampleIndex, observe, wantFacts);
     /** The facts of the tokens making up `piece`, the text just released. */
     const take = (piece: string): TokenFacts[] => {
       const out: TokenFacts[] = [];
@@ -389,7 +389,7 @@ interface TokenFacts {
  * top-k and top-p; `distribution` gives both that (`before`) and the draw's (`after`).
  */
 function tokenFacts(m: Model, step: TokenStep, text: string, logprobs: number, distribution: number): TokenFacts {
-  const logits = step.logits;
+  const logits = step.logits as Float32Array; // asked for (streamObserved's withLogits)
   let max = -Infinity;
   for (let i = 0; i < logits.length; i++) if ((logits[i] as number) > max) max = logits[i] as number;
   let sum = 0;

@@ -16,7 +16,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define MICROGPT_CUDA_ABI 2
+#define MICROGPT_CUDA_ABI 3
 
 extern "C" {
 
@@ -82,6 +82,15 @@ typedef size_t (*microgpt_cuda_cache_bytes_fn)(const MicrogptCudaModel* model);
 // One request of a pass, as the addon's ForwardRequest: ids (T) at positions start..start+T-1 of
 // `cache` (start + T <= block_size), extending it; the logits of every position (T, vocab_size)
 // when all_positions, else of the last one (vocab_size), written to `logits` (host memory).
+//
+// Top-k candidates instead of the last position's logits (a decode step of a large vocabulary
+// then copies back and hands the sampler a few hundred numbers, not all of them): top_k > 0 asks
+// for the ids i < top_limit whose logit is at or above the top_k-th largest of logits[0..top_limit)
+// (ties with it included: lib/sampling/sample.ts's top-k), 1 <= top_k < top_limit <= vocab_size.
+// They are given when every request of the pass asks for them: their logits in logits[0..n) and
+// their ids in top_ids[0..n) (room for top_limit), ascending ids, *top_count = n. Otherwise (and
+// for a row holding a NaN, whose order the sampler defines) the logits are written as without
+// top_k, and *top_count = 0. top_count may be null when top_k is 0.
 struct MicrogptCudaRequest {
   MicrogptCudaCache* cache;
   int start;
@@ -89,6 +98,10 @@ struct MicrogptCudaRequest {
   int T;
   float* logits;
   int all_positions;
+  int top_k;
+  int top_limit;
+  int32_t* top_ids;
+  int* top_count;
 };
 
 // One batched pass: n requests (n <= max_batch, rows <= max_rows; a request with all_positions
@@ -101,7 +114,8 @@ typedef int (*microgpt_cuda_run_fn)(MicrogptCudaModel* model, const MicrogptCuda
 struct MicrogptCudaStats {
   size_t device_bytes;     // weights, scratch, and this model's cached CUDA graphs (caches apart)
   uint64_t graph_launches; // decode passes replayed from a CUDA graph
-  uint64_t graphs;         // graphs captured (one per decode batch size met)
+  uint64_t graphs;         // graphs captured (one per decode batch size met, and per what came back)
+  uint64_t selected_rows;  // rows whose top-k candidates came back instead of their logits
   // With MICROGPT_CUDA_PROFILE: seconds of device time in each step of the passes, in the order
   // of the addon's Phase (forward.h): embedding, layernorm, qkv, attention, attention_proj,
   // mlp_fc, mlp_proj, lm_head; and host seconds of each pass outside the kernels (uploading the
@@ -144,5 +158,12 @@ typedef int (*microgpt_cuda_test_embedding_fn)(int device, float* x, const int32
 typedef int (*microgpt_cuda_test_attention_fn)(int device, float* out, const float* qkv, const float* keys,
                                                const float* values, int start, int T, int C, int n_head,
                                                int block_size, char* why, int why_size);
+
+// The top-k candidates of `rows` rows of logits (rows, V), as a pass selects them (see
+// MicrogptCudaRequest): row r's k[r] (0 < k[r] < limit[r] <= V) among its first limit[r]
+// logits, into values and ids (rows, V): counts[r] of them, or -1 where the row holds a NaN.
+typedef int (*microgpt_cuda_test_select_fn)(int device, const float* logits, int rows, int V, const int* k,
+                                            const int* limit, float* values, int32_t* ids, int* counts, char* why,
+                                            int why_size);
 
 }  // extern "C"

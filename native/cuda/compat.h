@@ -4,8 +4,9 @@
 // after another, a block's threads as fibers), for the tests of machines without a GPU.
 //
 // Kernels use: __global__/__device__/__forceinline__, threadIdx/blockIdx/blockDim/gridDim,
-// MG_SHARED arrays, MG_DYNAMIC_SHARED, __syncthreads, mg_shfl_xor (full-warp butterflies only),
-// mg_half_to_float, and expf/erff/sqrtf/fmaxf/fmaf. Host code uses the CUDA runtime functions the
+// MG_SHARED arrays, MG_DYNAMIC_SHARED, __syncthreads, __syncthreads_or, atomicAdd on shared
+// memory, mg_shfl_xor and mg_shfl_up (full warps only), mg_half_to_float, mg_float_bits, and
+// expf/erff/sqrtf/fmaxf/fmaf. Host code uses the CUDA runtime functions the
 // emulator provides (emulator.h lists them) and MG_LAUNCH for every launch.
 #pragma once
 
@@ -23,7 +24,9 @@
 #define MG_LAUNCH(kernel, grid, block, smem, stream, ...) kernel<<<(grid), (block), (smem), (stream)>>>(__VA_ARGS__)
 
 __device__ __forceinline__ float mg_shfl_xor(float v, int mask) { return __shfl_xor_sync(0xffffffffu, v, mask); }
+__device__ __forceinline__ int mg_shfl_up(int v, int delta) { return __shfl_up_sync(0xffffffffu, v, delta); }
 __device__ __forceinline__ float mg_half_to_float(uint16_t bits) { return __half2float(__ushort_as_half(bits)); }
+__device__ __forceinline__ unsigned mg_float_bits(float f) { return __float_as_uint(f); }
 
 #else
 

@@ -438,6 +438,9 @@ inline unsigned __activemask() { return 0xffffffffu; }
 inline float mg_shfl_xor(float v, int mask) {
   return ::mgemu::detail::shuffle(0xffffffffu, v, ::mgemu::detail::kXor, mask, 32, "mg_shfl_xor");
 }
+inline int mg_shfl_up(int v, int delta) {
+  return ::mgemu::detail::shuffle(0xffffffffu, v, ::mgemu::detail::kUp, delta, 32, "mg_shfl_up");
+}
 
 // IEEE binary16 to binary32, exactly: subnormals, infinities, NaN payloads (quieted, as the
 // hardware conversions of x86 and Arm do).
@@ -518,6 +521,7 @@ inline float __fmaf_rn(float a, float b, float c) noexcept { return fmaf(a, b, c
 inline float __saturatef(float x) noexcept { return x < 0.0f ? 0.0f : (x > 1.0f ? 1.0f : (x == x ? x : 0.0f)); }
 inline int __float_as_int(float x) noexcept { int i; memcpy(&i, &x, sizeof i); return i; }
 inline unsigned int __float_as_uint(float x) noexcept { unsigned int i; memcpy(&i, &x, sizeof i); return i; }
+inline unsigned mg_float_bits(float x) noexcept { return __float_as_uint(x); }
 inline float __int_as_float(int i) noexcept { float x; memcpy(&x, &i, sizeof x); return x; }
 inline float __uint_as_float(unsigned int i) noexcept { float x; memcpy(&x, &i, sizeof x); return x; }
 

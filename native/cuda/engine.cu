@@ -33,6 +33,9 @@
 
 using mgcuda::AttentionTile;
 using mgcuda::Epilogue;
+using mgcuda::kSelectCap;
+using mgcuda::kSelectRowBytes;
+using mgcuda::SelectRow;
 
 namespace {
 
@@ -364,7 +367,7 @@ struct LayerWeights {
 
 // Where each array of a pass's table lies, in bytes from its start (PassTable).
 struct TableLayout {
-  size_t ids, pos, row_cache, tiles, out_rows, bytes;
+  size_t ids, pos, row_cache, tiles, out_rows, select, bytes;
 };
 
 // The steps of a pass, in the order of the addon's Phase (native/forward.h).
@@ -392,9 +395,13 @@ struct MicrogptCudaModel {
   DeviceBuffer table;                             // the pass's table on the device
   PinnedBuffer table_host, logits_host;           // its source; the last rows' logits on the way back
   size_t table_bytes = 0;
+  // Top-k candidates instead of logits (select_top_kernel): a piece a row (max_batch,
+  // kSelectRowBytes), its copy on the way back, and the overflow arrays (max_batch, V) each.
+  DeviceBuffer selected, selected_values, selected_ids;
+  PinnedBuffer selected_host;
 
   cudaStream_t stream = nullptr;
-  std::map<int, cudaGraphExec_t> graphs;  // decode steps of n sequences
+  std::map<int, cudaGraphExec_t> graphs;  // decode steps, by graph_key
   int failed_captures = 0;                // after kMaxCaptureFailures, decode launches directly
 
   // Profiling: an event opening the pass and one after each step, with the step each closes.
@@ -429,9 +436,13 @@ TableLayout table_layout(int rows, int tiles, int out_rows) {
   t.row_cache = at, at += up(sizeof(float*) * rows);
   t.tiles = at, at += up(sizeof(AttentionTile) * tiles);
   t.out_rows = at, at += up(sizeof(int) * out_rows);
+  t.select = at, at += up(sizeof(SelectRow) * out_rows);
   t.bytes = at;
   return t;
 }
+
+// A decode step's graph: one per batch size, and per what comes back (logits or candidates).
+int graph_key(int n, bool selecting) { return 2 * n + (selecting ? 1 : 0); }
 
 // What the kernels of one pass read, on the device (pointers into model.table).
 struct PassArgs {
@@ -442,6 +453,8 @@ struct PassArgs {
   const AttentionTile* tiles;
   const int* out_from;  // the rows whose logits are wanted, or null: all of them (in order)
   float* logits;        // (out_rows, V) on the device
+  bool selecting;       // top-k candidates of every out row instead of its logits
+  const SelectRow* select;
 };
 
 // With profiling, records the end of a step: the time since the last mark is the step's.
@@ -501,6 +514,10 @@ void enqueue_pass(MicrogptCudaModel& m, const PassArgs& a) {
   // The final LayerNorm and the tied lm_head, only for the rows whose logits are wanted.
   launch_layernorm(s, xn, x, a.out_from, m.lnf_w, m.lnf_b, a.out_rows, C);
   launch_matmul(s, a.logits, xn, m.wte, nullptr, a.out_rows, C, V, Epilogue::store);
+  if (a.selecting) {
+    MG_LAUNCH(mgcuda::select_top_kernel, dim3(a.out_rows), dim3(mgcuda::kSelectThreads), 0, s,
+              m.selected.as<unsigned char>(), m.selected_values.as<float>(), m.selected_ids.as<int>(), a.logits, a.select, V);
+  }
   mark(m, kLmHead);
   check_launch("a kernel launch");
 }
@@ -508,7 +525,7 @@ void enqueue_pass(MicrogptCudaModel& m, const PassArgs& a) {
 // The table of a pass over `requests`, written to the pinned buffer; returns the arguments the
 // kernels read.
 PassArgs fill_table(MicrogptCudaModel& m, const MicrogptCudaRequest* requests, int n, int rows, bool all_positions,
-                    TableLayout& layout) {
+                    bool selecting, TableLayout& layout) {
   int tiles = 0;
   const int q = rows == n ? 1 : m.prefill_tile;  // a decode step: one row a tile
   for (int i = 0; i < n; i++) tiles += (requests[i].T + q - 1) / q;
@@ -520,6 +537,7 @@ PassArgs fill_table(MicrogptCudaModel& m, const MicrogptCudaRequest* requests, i
   float** row_cache = reinterpret_cast<float**>(host + layout.row_cache);
   AttentionTile* tile = reinterpret_cast<AttentionTile*>(host + layout.tiles);
   int* out_from = reinterpret_cast<int*>(host + layout.out_rows);
+  SelectRow* select = reinterpret_cast<SelectRow*>(host + layout.select);
   int row = 0, t = 0;
   for (int i = 0; i < n; i++) {
     const MicrogptCudaRequest& r = requests[i];
@@ -534,6 +552,7 @@ PassArgs fill_table(MicrogptCudaModel& m, const MicrogptCudaRequest* requests, i
       for (int j = 0; j < r.T; j++) out_from[j] = row + j;
     } else {
       out_from[i] = row + r.T - 1;
+      select[i] = selecting ? SelectRow{r.top_k, r.top_limit} : SelectRow{0, 0};
     }
     row += r.T;
   }
@@ -549,11 +568,45 @@ PassArgs fill_table(MicrogptCudaModel& m, const MicrogptCudaRequest* requests, i
   a.tiles = reinterpret_cast<const AttentionTile*>(dev + layout.tiles);
   a.out_from = reinterpret_cast<const int*>(dev + layout.out_rows);
   a.logits = all_positions ? m.all_logits.as<float>() : m.logits.as<float>();
+  a.selecting = selecting;
+  a.select = reinterpret_cast<const SelectRow*>(dev + layout.select);
   return a;
 }
 
-// A decode step of n sequences as a graph: the table's copy up, every kernel, the logits' copy
-// down. Null when capture fails (the caller launches directly from then on).
+// What a pass copies back: the wanted rows' logits, or their candidates' pieces.
+void copy_back(MicrogptCudaModel& m, const PassArgs& a) {
+  if (a.selecting) {
+    check(cudaMemcpyAsync(m.selected_host.as<void>(), m.selected.as<void>(), static_cast<size_t>(kSelectRowBytes) * a.out_rows,
+                          cudaMemcpyDeviceToHost, m.stream),
+          "cudaMemcpyAsync");
+  } else {
+    check(cudaMemcpyAsync(m.logits_host.as<void>(), a.logits, sizeof(float) * a.out_rows * m.config.vocab_size,
+                          cudaMemcpyDeviceToHost, m.stream),
+          "cudaMemcpyAsync");
+  }
+}
+
+// One row's candidates, from its piece copied back (`piece`, kSelectRowBytes) into values and ids
+// (host memory with room for the row's limit); returns how many, or -1 for a row holding a NaN.
+// A row with more than kSelectCap (ties) has them in the overflow arrays, read from the device
+// here (after the pass: its stream is synchronised).
+int collect_selected(const unsigned char* piece, const float* overflow_values, const int* overflow_ids, float* values,
+                     int32_t* ids) {
+  int count = 0;
+  std::memcpy(&count, piece, sizeof count);
+  if (count <= 0) return -1;
+  if (count <= kSelectCap) {
+    std::memcpy(values, piece + 16, sizeof(float) * count);
+    std::memcpy(ids, piece + 16 + 4 * kSelectCap, sizeof(int32_t) * count);
+  } else {
+    check(cudaMemcpy(values, overflow_values, sizeof(float) * count, cudaMemcpyDeviceToHost), "cudaMemcpy");
+    check(cudaMemcpy(ids, overflow_ids, sizeof(int32_t) * count, cudaMemcpyDeviceToHost), "cudaMemcpy");
+  }
+  return count;
+}
+
+// A decode step of n sequences as a graph: the table's copy up, every kernel, the logits' (or
+// candidates') copy down. Null when capture fails (the caller launches directly from then on).
 cudaGraphExec_t capture_decode(MicrogptCudaModel& m, const PassArgs& a, const TableLayout& layout) {
   std::unique_lock<std::shared_mutex> alone(capture_lock());
   cudaGraph_t graph = nullptr;
@@ -566,9 +619,7 @@ cudaGraphExec_t capture_decode(MicrogptCudaModel& m, const PassArgs& a, const Ta
     check(cudaMemcpyAsync(m.table.as<void>(), m.table_host.as<void>(), layout.bytes, cudaMemcpyHostToDevice, m.stream),
           "cudaMemcpyAsync");
     enqueue_pass(m, a);
-    check(cudaMemcpyAsync(m.logits_host.as<void>(), a.logits, sizeof(float) * a.out_rows * m.config.vocab_size,
-                          cudaMemcpyDeviceToHost, m.stream),
-          "cudaMemcpyAsync");
+    copy_back(m, a);
   } catch (const CudaFailure&) {
     ok = false;
   }
@@ -598,20 +649,24 @@ void run_pass(MicrogptCudaModel& m, const MicrogptCudaRequest* requests, int n) 
   int rows = 0;
   for (int i = 0; i < n; i++) rows += requests[i].T;
   const bool all_positions = n == 1 && requests[0].all_positions != 0;
+  // Candidates come back only when every request asks for them (a mixed batch is rare: a
+  // server's request for logprobs beside others); the rest get their logits.
+  bool selecting = !all_positions;
+  for (int i = 0; i < n; i++) selecting = selecting && requests[i].top_k > 0;
   if (all_positions && m.all_logits.bytes() < sizeof(float) * requests[0].T * V) {
     m.all_logits = DeviceBuffer();  // the old one first: the device may hold only one
     m.all_logits = DeviceBuffer(sizeof(float) * requests[0].T * V);
   }
   const auto started = std::chrono::steady_clock::now();
   TableLayout layout{};
-  const PassArgs a = fill_table(m, requests, n, rows, all_positions, layout);
+  const PassArgs a = fill_table(m, requests, n, rows, all_positions, selecting, layout);
   const bool decode = rows == n && !all_positions;
   const bool profile = (m.flags & MICROGPT_CUDA_PROFILE) != 0;
   const bool graphs = decode && !profile && (m.flags & MICROGPT_CUDA_NO_GRAPHS) == 0 &&
                       m.failed_captures < kMaxCaptureFailures;
   cudaGraphExec_t exec = nullptr;
   if (graphs) {
-    auto found = m.graphs.find(n);
+    auto found = m.graphs.find(graph_key(n, selecting));
     if (found != m.graphs.end()) {
       exec = found->second;
     } else {
@@ -619,7 +674,7 @@ void run_pass(MicrogptCudaModel& m, const MicrogptCudaRequest* requests, int n) 
       if (exec == nullptr) {
         m.failed_captures++;  // this step launches its kernels; a later one tries again
       } else {
-        m.graphs[n] = exec;
+        m.graphs[graph_key(n, selecting)] = exec;
         m.stats.graphs++;
       }
     }
@@ -631,16 +686,28 @@ void run_pass(MicrogptCudaModel& m, const MicrogptCudaRequest* requests, int n) 
     check(cudaMemcpyAsync(m.table.as<void>(), m.table_host.as<void>(), layout.bytes, cudaMemcpyHostToDevice, m.stream),
           "cudaMemcpyAsync");
     enqueue_pass(m, a);
-    if (!all_positions) {
-      check(cudaMemcpyAsync(m.logits_host.as<void>(), a.logits, sizeof(float) * a.out_rows * V, cudaMemcpyDeviceToHost,
-                            m.stream),
-            "cudaMemcpyAsync");
-    }
+    if (!all_positions) copy_back(m, a);
   }
   check(cudaStreamSynchronize(m.stream), "the forward pass");
   if (all_positions) {
     check(cudaMemcpy(requests[0].logits, a.logits, sizeof(float) * requests[0].T * V, cudaMemcpyDeviceToHost), "cudaMemcpy");
+    if (requests[0].top_count != nullptr) *requests[0].top_count = 0;
+  } else if (selecting) {
+    for (int i = 0; i < n; i++) {
+      const MicrogptCudaRequest& r = requests[i];
+      const int count = collect_selected(m.selected_host.as<unsigned char>() + static_cast<size_t>(kSelectRowBytes) * i,
+                                         m.selected_values.as<float>() + i * V, m.selected_ids.as<int>() + i * V, r.logits,
+                                         r.top_ids);
+      if (count < 0) {  // a NaN: the logits, for the sampler's own rules
+        check(cudaMemcpy(r.logits, a.logits + i * V, sizeof(float) * V, cudaMemcpyDeviceToHost), "cudaMemcpy");
+      }
+      *r.top_count = std::max(count, 0);
+    }
+    m.stats.selected_rows += static_cast<uint64_t>(n);
   } else {
+    for (int i = 0; i < n; i++) {
+      if (requests[i].top_count != nullptr) *requests[i].top_count = 0;
+    }
     const float* out = m.logits_host.as<float>();
     for (int i = 0; i < n; i++) std::memcpy(requests[i].logits, out + i * V, sizeof(float) * V);
   }
@@ -727,7 +794,9 @@ MICROGPT_CUDA_EXPORT MicrogptCudaModel* microgpt_cuda_model_create(int device, c
     const size_t row_bytes = sizeof(float) * R * C;
     const size_t attention_tiles = R;  // at most one a row
     m->table_bytes = table_layout(c.max_rows, static_cast<int>(attention_tiles), std::max(c.max_rows, c.max_batch)).bytes;
-    needed = bytes32 + bytes16 + row_bytes * (2 + 3 + 1 + 4) + sizeof(float) * c.max_batch * V + m->table_bytes;
+    const size_t select_bytes = static_cast<size_t>(kSelectRowBytes) * c.max_batch;
+    needed = bytes32 + bytes16 + row_bytes * (2 + 3 + 1 + 4) + sizeof(float) * c.max_batch * V * 3 + m->table_bytes +
+             select_bytes;
 
     m->weights32 = DeviceBuffer(bytes32);
     m->weights16 = DeviceBuffer(bytes16);
@@ -795,6 +864,10 @@ MICROGPT_CUDA_EXPORT MicrogptCudaModel* microgpt_cuda_model_create(int device, c
     m->table = DeviceBuffer(m->table_bytes);
     m->table_host = PinnedBuffer(m->table_bytes);
     m->logits_host = PinnedBuffer(sizeof(float) * c.max_batch * V);
+    m->selected = DeviceBuffer(select_bytes);
+    m->selected_values = DeviceBuffer(sizeof(float) * c.max_batch * V);
+    m->selected_ids = DeviceBuffer(sizeof(int) * c.max_batch * V);
+    m->selected_host = PinnedBuffer(select_bytes);
     if ((flags & MICROGPT_CUDA_PROFILE) != 0) {
       const size_t marks = 1 + 1 + 7 * L + 1;
       m->marks.assign(marks, nullptr);
@@ -810,7 +883,8 @@ MICROGPT_CUDA_EXPORT MicrogptCudaModel* microgpt_cuda_model_create(int device, c
     prepare_kernels(smem);
     m->prefill_tile = prefill_tile_rows(hs, c.block_size, smem);
     m->stats.device_bytes = m->weights32.bytes() + m->weights16.bytes() + m->x.bytes() + m->xn.bytes() + m->qkv.bytes() +
-                            m->att.bytes() + m->hidden.bytes() + m->logits.bytes() + m->table.bytes();
+                            m->att.bytes() + m->hidden.bytes() + m->logits.bytes() + m->table.bytes() +
+                            m->selected.bytes() + m->selected_values.bytes() + m->selected_ids.bytes();
     return m.release();
   } catch (const CudaFailure& f) {
     if (f.status == cudaErrorMemoryAllocation) {
@@ -906,7 +980,10 @@ MICROGPT_CUDA_EXPORT int microgpt_cuda_run(MicrogptCudaModel* model, const Micro
   int rows = 0;
   for (int i = 0; i < n; i++) {
     const MicrogptCudaRequest& r = requests[i];
-    if (r.cache == nullptr || r.T < 1 || r.start < 0 || r.start + r.T > c.block_size || (r.all_positions && n > 1)) {
+    const bool bad_select = r.top_k < 0 || (r.top_k > 0 && (r.top_k >= r.top_limit || r.top_limit > c.vocab_size ||
+                                                             r.top_ids == nullptr || r.top_count == nullptr));
+    if (r.cache == nullptr || r.T < 1 || r.start < 0 || r.start + r.T > c.block_size || (r.all_positions && n > 1) ||
+        bad_select) {
       say(why, why_size, "invalid request " + std::to_string(i));
       return -1;
     }
@@ -1126,5 +1203,38 @@ MICROGPT_CUDA_EXPORT int microgpt_cuda_test_attention(int device, float* out, co
     launch_attention(s.stream, q, d_out, d_qkv, s.up(tiles.data(), tiles.size()), static_cast<int>(tiles.size()), 0, C, n_head,
                      block_size, 1, decode);
     s.down(out, d_out, static_cast<size_t>(T) * C);
+  });
+}
+
+MICROGPT_CUDA_EXPORT int microgpt_cuda_test_select(int device, const float* logits, int rows, int V, const int* k,
+                                                   const int* limit, float* values, int32_t* ids, int* counts, char* why,
+                                                   int why_size) {
+  if (rows < 1 || V < 2 || logits == nullptr || k == nullptr || limit == nullptr) {
+    say(why, why_size, "invalid arguments");
+    return -1;
+  }
+  for (int r = 0; r < rows; r++) {
+    if (k[r] < 1 || k[r] >= limit[r] || limit[r] > V) {
+      say(why, why_size, "row " + std::to_string(r) + ": k and limit must satisfy 0 < k < limit <= V");
+      return -1;
+    }
+  }
+  return guarded(why, why_size, [&] {
+    TestScope s(device);
+    const size_t n = static_cast<size_t>(rows) * V;
+    std::vector<SelectRow> select(rows);
+    for (int r = 0; r < rows; r++) select[r] = SelectRow{k[r], limit[r]};
+    unsigned char* d_out = s.scratch<unsigned char>(static_cast<size_t>(kSelectRowBytes) * rows);
+    float* d_values = s.scratch<float>(n);
+    int* d_ids = s.scratch<int>(n);
+    MG_LAUNCH(mgcuda::select_top_kernel, dim3(rows), dim3(mgcuda::kSelectThreads), 0, s.stream, d_out, d_values, d_ids,
+              s.up(logits, n), s.up(select.data(), select.size()), V);
+    std::vector<unsigned char> pieces(static_cast<size_t>(kSelectRowBytes) * rows);
+    s.down(pieces.data(), d_out, pieces.size());
+    for (int r = 0; r < rows; r++) {
+      const size_t at = static_cast<size_t>(r) * V;
+      counts[r] = collect_selected(pieces.data() + static_cast<size_t>(kSelectRowBytes) * r, d_values + at, d_ids + at,
+                                   values + at, ids + at);
+    }
   });
 }

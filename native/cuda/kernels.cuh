@@ -462,4 +462,141 @@ __global__ void attention_kernel(float* __restrict__ att, const float* __restric
   }
 }
 
+// ---- top-k candidates -----------------------------------------------------------------------
+
+// The sampler's top-k (lib/sampling/sample.ts) done on the device, so that a decode step of a
+// large vocabulary copies back the few logits a draw can pick, and the host's sampler walks those
+// instead of all of them: for a row of logits, the ids i < limit whose logit is at or above the
+// k-th largest of logits[0..limit) (ties with the k-th kept, as the sampler keeps them), in
+// ascending id order, with their logits. Comparisons are numeric, as the sampler's: -0 equals +0.
+struct SelectRow {
+  int k;      // 1 <= k < limit; 0: the row is not selected
+  int limit;  // <= V
+};
+
+// A row's result, copied back as one piece (kSelectRowBytes): int count, padding to 16 bytes,
+// float values[kSelectCap], int ids[kSelectCap]. count: candidates found, in values and ids when
+// at most kSelectCap; more: all of them are in the overflow arrays instead (the row's V-sized part
+// of full_values and full_ids); -1: the row holds a NaN, whose order the sampler defines on the
+// logits themselves (the host reads them).
+constexpr int kSelectCap = 256;
+constexpr int kSelectThreads = 1024;
+constexpr int kSelectRowBytes = 16 + 8 * kSelectCap;
+
+// A float's place in numeric order as an unsigned integer (larger float, larger key); -0 as +0.
+__device__ __forceinline__ unsigned order_key(float f) {
+  unsigned u = mg_float_bits(f);
+  if (u == 0x80000000u) u = 0;
+  return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+
+// Inclusive prefix sum over the lanes of a warp (lane 0 first).
+__device__ __forceinline__ int warp_inclusive_sum(int v) {
+  const int lane = threadIdx.x % kWarp;
+  for (int d = 1; d < kWarp; d *= 2) {
+    const int t = mg_shfl_up(v, d);
+    if (lane >= d) v += t;
+  }
+  return v;
+}
+
+// Grid: one block per row of logits (rows, V); block kSelectThreads. The k-th largest key by
+// radix selection, a byte at a time from the top (four passes over the row, each counting the
+// keys that share the digits found so far, a histogram per warp), then the candidates written in
+// id order: each thread a contiguous run of ids, its offset a block-wide prefix sum of counts.
+__global__ void __launch_bounds__(kSelectThreads)
+    select_top_kernel(unsigned char* __restrict__ out, float* __restrict__ full_values, int* __restrict__ full_ids,
+                      const float* __restrict__ logits, const SelectRow* __restrict__ select, int V) {
+  constexpr int kWarps = kSelectThreads / kWarp;
+  MG_SHARED unsigned hist[kWarps][256];
+  MG_SHARED unsigned total[256];
+  MG_SHARED unsigned chosen[2];  // the digit found, and how many keys lie above it
+  MG_SHARED int warp_count[kWarps], warp_offset[kWarps], found;
+  const SelectRow sel = select[blockIdx.x];
+  if (sel.k <= 0) return;  // the whole block: nothing was asked of this row
+  const int tid = threadIdx.x, threads = blockDim.x;
+  const int lane = tid % kWarp, warp = tid / kWarp, warps = threads / kWarp;
+  const int n = sel.limit;
+  const float* x = logits + static_cast<size_t>(blockIdx.x) * V;
+  unsigned char* row_out = out + static_cast<size_t>(blockIdx.x) * kSelectRowBytes;
+
+  unsigned prefix = 0, mask = 0, remaining = static_cast<unsigned>(sel.k);
+  for (int shift = 24; shift >= 0; shift -= 8) {
+    for (int i = tid; i < warps * 256; i += threads) hist[i / 256][i % 256] = 0;
+    __syncthreads();
+    int nan = 0;
+    for (int i = tid; i < n; i += threads) {
+      const float v = x[i];
+      nan |= (mg_float_bits(v) & 0x7fffffffu) > 0x7f800000u;
+      const unsigned key = order_key(v);
+      if ((key & mask) == prefix) atomicAdd(&hist[warp][(key >> shift) & 255u], 1u);
+    }
+    if (__syncthreads_or(nan)) {  // every thread sees the same answer
+      if (tid == 0) *reinterpret_cast<int*>(row_out) = -1;
+      return;
+    }
+    if (tid < 256) {
+      unsigned sum = 0;
+      for (int w = 0; w < warps; w++) sum += hist[w][tid];
+      total[tid] = sum;
+    }
+    __syncthreads();
+    // The digit of the remaining-th largest key among those sharing the prefix: lane 0 counts
+    // digits 255..248, lane 1 247..240, ...; the lane whose range crosses `remaining` finds it.
+    if (warp == 0) {
+      unsigned mine = 0;
+      for (int j = 0; j < 8; j++) mine += total[255 - 8 * lane - j];
+      const unsigned incl = static_cast<unsigned>(warp_inclusive_sum(static_cast<int>(mine)));
+      const unsigned excl = incl - mine;
+      if (excl < remaining && remaining <= incl) {
+        unsigned above = excl;
+        for (int j = 0; j < 8; j++) {
+          const int digit = 255 - 8 * lane - j;
+          if (above + total[digit] >= remaining) {
+            chosen[0] = static_cast<unsigned>(digit);
+            chosen[1] = above;
+            break;
+          }
+          above += total[digit];
+        }
+      }
+    }
+    __syncthreads();
+    prefix |= chosen[0] << shift;
+    mask |= 255u << shift;
+    remaining -= chosen[1];
+  }
+  const unsigned kth = prefix;  // the k-th largest key
+
+  // Candidates in id order: thread t takes ids [t * chunk, (t + 1) * chunk).
+  const int chunk = (n + threads - 1) / threads;
+  const int begin = min(n, tid * chunk), end = min(n, begin + chunk);
+  int mine = 0;
+  for (int i = begin; i < end; i++) mine += order_key(x[i]) >= kth ? 1 : 0;
+  const int incl = warp_inclusive_sum(mine);
+  if (lane == kWarp - 1) warp_count[warp] = incl;
+  __syncthreads();
+  if (warp == 0) {
+    const int c = lane < warps ? warp_count[lane] : 0;
+    const int w_incl = warp_inclusive_sum(c);
+    if (lane < warps) warp_offset[lane] = w_incl - c;
+    if (lane == kWarp - 1) found = w_incl;
+  }
+  __syncthreads();
+  const int count = found;
+  int at = warp_offset[warp] + incl - mine;
+  const bool head = count <= kSelectCap;
+  float* values = head ? reinterpret_cast<float*>(row_out + 16) : full_values + static_cast<size_t>(blockIdx.x) * V;
+  int* ids = head ? reinterpret_cast<int*>(row_out + 16 + 4 * kSelectCap) : full_ids + static_cast<size_t>(blockIdx.x) * V;
+  for (int i = begin; i < end; i++) {
+    const float v = x[i];
+    if (order_key(v) >= kth) {
+      values[at] = v;
+      ids[at] = i;
+      at++;
+    }
+  }
+  if (tid == 0) *reinterpret_cast<int*>(row_out) = count;
+}
+
 }  // namespace mgcuda

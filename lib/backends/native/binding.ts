@@ -9,6 +9,7 @@ import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { ModelConfig } from '../../config.js';
+import type { TopKRequest, TopLogits } from '../types.js';
 
 /** An instruction set the kernels are compiled for. */
 export type AddonIsa = 'scalar' | 'avx2' | 'avx512' | 'neon';
@@ -69,6 +70,17 @@ export interface AddonModel {
    * A problem with one pair (disposed, busy, bad ids) rejects that pair's promise only.
    */
   appendMany(sessions: readonly AddonSession[], ids: readonly Int32Array[]): Promise<Float32Array>[];
+  /**
+   * The same, where select[i] (when given) asks for session i's top-k candidates instead of its
+   * logits: a CUDA model gives them when every request of a pass asks (then the promise resolves
+   * to views of the session's logits array and of an ids array of its own, overwritten by its
+   * next call); the CPU engine always gives the logits.
+   */
+  appendMany(
+    sessions: readonly AddonSession[],
+    ids: readonly Int32Array[],
+    select: readonly (TopKRequest | undefined)[],
+  ): Promise<Float32Array | TopLogits>[];
   /** What the engine's batching has done so far (tests and diagnostics). */
   stats(): AddonBatchStats;
   /** Frees the weights now, or when the passes still running end. */
@@ -101,12 +113,14 @@ export interface AddonBatchStats {
   /**
    * CUDA models only: device bytes held (weights, scratch, captured graphs and the KV caches
    * that exist); decode passes replayed from a CUDA graph; graphs captured (one per decode batch
-   * size met). With MICROGPT_PROFILE=1, phaseSeconds is device time and hostSeconds the passes'
-   * host time outside the kernels.
+   * size met, and per whether logits or top-k candidates came back); rows whose top-k candidates
+   * came back instead of their logits. With MICROGPT_PROFILE=1, phaseSeconds is device time and
+   * hostSeconds the passes' host time outside the kernels.
    */
   readonly deviceBytes?: number;
   readonly graphLaunches?: number;
   readonly graphs?: number;
+  readonly selectedRows?: number;
   readonly hostSeconds?: number;
 }
 
@@ -149,6 +163,7 @@ export interface AddonSession {
    * (one id) come here.
    */
   append(ids: Int32Array): Promise<Float32Array>;
+  append(ids: Int32Array, select: TopKRequest | undefined): Promise<Float32Array | TopLogits>;
   /** Throws while an append is running. */
   reset(): void;
   /** Gives the KV cache back to the model (for the next session) now, or when the running append ends. */
@@ -270,6 +285,21 @@ export interface AddonTesting {
     nHead: number,
     blockSize: number,
   ): void;
+  /**
+   * The top-k candidates of each row of logits (rows, V), as a decode step selects them: row r's
+   * k[r] among its first limit[r] (0 < k < limit <= V), ascending ids, into values and ids
+   * (rows, V) from each row's start; returns each row's count, -1 for a row holding a NaN.
+   */
+  cudaSelect(
+    device: number,
+    logits: Float32Array,
+    rows: number,
+    V: number,
+    k: Int32Array,
+    limit: Int32Array,
+    values: Float32Array,
+    ids: Int32Array,
+  ): Int32Array;
 }
 
 /**

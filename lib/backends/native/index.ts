@@ -9,7 +9,7 @@ import { isAbsolute, relative, sep } from 'node:path';
 import type { ModelConfig } from '../../config.js';
 import { MicroGPTError, beyondFloat16, type MicroGPTErrorCode } from '../../errors.js';
 import { matricesBeyondFloat16, namedTensors, type ModelWeights } from '../../weights.js';
-import type { Backend, BackendName, InferenceSession, ModelRuntime, Precision, RuntimeOptions } from '../types.js';
+import type { Backend, BackendName, InferenceSession, ModelRuntime, Precision, RuntimeOptions, TopKRequest, TopLogits } from '../types.js';
 import { forcedIsa, loadAddon, packageRoot, type AddonBatchStats, type AddonIsa, type AddonModel, type AddonSession, type AddonTensor } from './binding.js';
 
 export interface NativeRuntimeOptions extends RuntimeOptions {
@@ -96,7 +96,8 @@ export function translate(error: unknown): never {
 interface QueuedCall {
   readonly session: AddonSession;
   readonly ids: Int32Array;
-  readonly resolve: (logits: Float32Array) => void;
+  readonly select: TopKRequest | undefined;
+  readonly resolve: (logits: Float32Array | TopLogits) => void;
   readonly reject: (error: unknown) => void;
 }
 
@@ -184,11 +185,11 @@ export class NativeRuntime implements ModelRuntime {
     return this.live().stats();
   }
 
-  /** Queues `session.append(ids)` for the next flush; `ids` must not change afterwards. */
-  submit(session: AddonSession, ids: Int32Array): Promise<Float32Array> {
+  /** Queues `session.append(ids, select)` for the next flush; `ids` must not change afterwards. */
+  submit(session: AddonSession, ids: Int32Array, select: TopKRequest | undefined): Promise<Float32Array | TopLogits> {
     this.live();
-    return new Promise<Float32Array>((resolve, reject) => {
-      this.queued.push({ session, ids, resolve, reject });
+    return new Promise<Float32Array | TopLogits>((resolve, reject) => {
+      this.queued.push({ session, ids, select, resolve, reject });
       if (!this.flushScheduled) {
         this.flushScheduled = true;
         setImmediate(() => this.flush());
@@ -202,18 +203,20 @@ export class NativeRuntime implements ModelRuntime {
     const calls = this.queued;
     if (calls.length === 0) return;
     this.queued = [];
-    let promises: Promise<Float32Array>[];
+    let promises: Promise<Float32Array | TopLogits>[];
     try {
+      // Only the CUDA engine gives candidates: the CPU's sessions need no array of ids for them.
       promises = this.live().appendMany(
         calls.map((c) => c.session),
         calls.map((c) => c.ids),
+        this.backend === 'cuda' ? calls.map((c) => c.select) : calls.map(() => undefined),
       );
     } catch (error) {
       for (const c of calls) c.reject(error);
       return;
     }
     calls.forEach((c, i) => {
-      (promises[i] as Promise<Float32Array>).then(c.resolve, (error: unknown) => {
+      (promises[i] as Promise<Float32Array | TopLogits>).then(c.resolve, (error: unknown) => {
         try {
           translate(error);
         } catch (translated) {
@@ -245,13 +248,17 @@ class NativeSession implements InferenceSession {
     return this.session?.length ?? 0;
   }
 
-  async prefill(ids: Int32Array): Promise<Float32Array> {
+  prefill(ids: Int32Array): Promise<Float32Array>;
+  prefill(ids: Int32Array, select: TopKRequest | undefined): Promise<Float32Array | TopLogits>;
+  async prefill(ids: Int32Array, select?: TopKRequest): Promise<Float32Array | TopLogits> {
     // A copy: the call runs at the next flush, and the caller may reuse its array before then.
-    return this.submit(ids.slice());
+    return this.submit(ids.slice(), select);
   }
 
-  async decode(id: number): Promise<Float32Array> {
-    return this.submit(Int32Array.of(id));
+  decode(id: number): Promise<Float32Array>;
+  decode(id: number, select: TopKRequest | undefined): Promise<Float32Array | TopLogits>;
+  async decode(id: number, select?: TopKRequest): Promise<Float32Array | TopLogits> {
+    return this.submit(Int32Array.of(id), select);
   }
 
   reset(): void {
@@ -269,11 +276,11 @@ class NativeSession implements InferenceSession {
     this.runtime.sessionClosed();
   }
 
-  private async submit(ids: Int32Array): Promise<Float32Array> {
+  private async submit(ids: Int32Array, select: TopKRequest | undefined): Promise<Float32Array | TopLogits> {
     const session = this.live();
     this.inFlight++;
     try {
-      return await this.runtime.submit(session, ids);
+      return await this.runtime.submit(session, ids, select);
     } finally {
       this.inFlight--;
     }
