@@ -277,9 +277,15 @@ export async function* generateSample(
  */
 export const SELECT_FROM_VOCABULARY = 1024;
 
-/** What generation asks an engine for instead of the logits, when anything (see SELECT_FROM_VOCABULARY). */
+/**
+ * What generation asks an engine for instead of the logits, when anything (see
+ * SELECT_FROM_VOCABULARY). Never below a temperature of 2^-800: there a float32 logit over the
+ * temperature can overflow a double, and the sampler's comparisons of quotients (not of logits)
+ * could keep more than the candidates.
+ */
 export function topKRequest(sampler: SamplerSettings, usable: number): TopKRequest | undefined {
   if (usable < SELECT_FROM_VOCABULARY) return undefined;
+  if (sampler.temperature > 0 && sampler.temperature < 2 ** -800) return undefined;
   if (sampler.temperature === 0) return { topK: 1, limit: usable }; // the argmax, and its ties
   if (sampler.topK !== undefined && sampler.topK < usable) return { topK: sampler.topK, limit: usable };
   return undefined; // every token stays possible: the sampler needs all the logits

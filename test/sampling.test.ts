@@ -3,6 +3,7 @@ import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { test } from 'node:test';
 import type { TopLogits } from '../lib/backends/types.js';
+import { topKRequest } from '../lib/generate.js';
 import { Rng, Sampler, argmax } from '../lib/index.js';
 import { fixture } from './helpers.js';
 
@@ -198,4 +199,23 @@ test('top-k candidates too few for the sampler are refused, not drawn from', () 
   assert.throws(() => s.sample(top, { temperature: 1, topK: 5 }, 0.5), /3 top-k candidates cannot give a draw keeping the top 5/);
   assert.throws(() => s.sample(top, { temperature: 1 }, 0.5), /cannot give a draw keeping every token/);
   assert.equal(s.sample(top, { temperature: 0 }, 0.5), 9);
+});
+
+test('a sampler made for a larger vocabulary draws from shorter logits as from their own length', () => {
+  const s = new Sampler(50);
+  const short = Float32Array.from([0.5, 2, -1, 1]);
+  for (const u of [0.1, 0.5, 0.9]) {
+    // topK 20 >= 4 logits: every token stays possible, as nanoGPT's min(top_k, vocab_size).
+    assert.equal(s.sample(short, { temperature: 1, topK: 20 }, u), referenceSample(short, 1, undefined, u).id);
+    assert.equal(s.sample(short, { temperature: 1, topK: 2 }, u), referenceSample(short, 1, 2, u).id);
+  }
+});
+
+test('generation asks engines for top-k candidates only for large vocabularies, with top-k or greedy, at sane temperatures', () => {
+  assert.equal(topKRequest({ temperature: 0.8, topK: 200 }, 65), undefined); // a character vocabulary
+  assert.deepEqual(topKRequest({ temperature: 0.8, topK: 200 }, 50257), { topK: 200, limit: 50257 });
+  assert.deepEqual(topKRequest({ temperature: 0 }, 50257), { topK: 1, limit: 50257 });
+  assert.equal(topKRequest({ temperature: 1 }, 50257), undefined); // every token possible
+  assert.equal(topKRequest({ temperature: 1, topK: 50257 }, 50257), undefined);
+  assert.equal(topKRequest({ temperature: 1e-300, topK: 5 }, 50257), undefined); // quotients may overflow
 });

@@ -73,10 +73,11 @@ export class Sampler {
    * (greedy: any k), which give the same draw: the candidates hold every logit the top-k keeps.
    */
   sample(logits: Float32Array | TopLogits, settings: SamplerSettings, u: number): number {
-    const top = logits instanceof Float32Array ? null : logits;
+    // A typed array of any realm is logits; candidates are a plain object.
+    const top = ArrayBuffer.isView(logits) ? null : (logits as TopLogits);
     if (settings.temperature === 0) return (this.lastGreedy = top === null ? argmax(logits as Float32Array) : argmaxOf(top));
     this.lastGreedy = -1;
-    const V = this.probs.length;
+    const V = top === null ? (logits as Float32Array).length : this.probs.length;
     const values = top === null ? (logits as Float32Array) : top.values;
     const n = values.length; // V, or the candidates'
     const T = settings.temperature;

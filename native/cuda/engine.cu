@@ -702,8 +702,8 @@ void run_pass(MicrogptCudaModel& m, const MicrogptCudaRequest* requests, int n) 
         check(cudaMemcpy(r.logits, a.logits + i * V, sizeof(float) * V, cudaMemcpyDeviceToHost), "cudaMemcpy");
       }
       *r.top_count = std::max(count, 0);
+      if (count > 0) m.stats.selected_rows++;
     }
-    m.stats.selected_rows += static_cast<uint64_t>(n);
   } else {
     for (int i = 0; i < n; i++) {
       if (requests[i].top_count != nullptr) *requests[i].top_count = 0;
