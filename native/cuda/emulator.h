@@ -441,6 +441,8 @@ inline float mg_shfl_xor(float v, int mask) {
 inline int mg_shfl_up(int v, int delta) {
   return ::mgemu::detail::shuffle(0xffffffffu, v, ::mgemu::detail::kUp, delta, 32, "mg_shfl_up");
 }
+inline unsigned mg_ballot(int predicate) { return __ballot_sync(0xffffffffu, predicate); }
+inline int mg_popc(unsigned x) { return __builtin_popcount(x); }
 
 // IEEE binary16 to binary32, exactly: subnormals, infinities, NaN payloads (quieted, as the
 // hardware conversions of x86 and Arm do).

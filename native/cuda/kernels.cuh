@@ -503,7 +503,8 @@ __device__ __forceinline__ int warp_inclusive_sum(int v) {
 // Grid: one block per row of logits (rows, V); block kSelectThreads. The k-th largest key by
 // radix selection, a byte at a time from the top (four passes over the row, each counting the
 // keys that share the digits found so far, a histogram per warp), then the candidates written in
-// id order: each thread a contiguous run of ids, its offset a block-wide prefix sum of counts.
+// id order: each warp a contiguous run of ids, read 32 at a time (coalesced), a ballot placing
+// each lane's candidate after the lanes before it, the warps' offsets a prefix sum of counts.
 __global__ void __launch_bounds__(kSelectThreads)
     select_top_kernel(unsigned char* __restrict__ out, float* __restrict__ full_values, int* __restrict__ full_ids,
                       const float* __restrict__ logits, const SelectRow* __restrict__ select, int V) {
@@ -568,13 +569,16 @@ __global__ void __launch_bounds__(kSelectThreads)
   }
   const unsigned kth = prefix;  // the k-th largest key
 
-  // Candidates in id order: thread t takes ids [t * chunk, (t + 1) * chunk).
-  const int chunk = (n + threads - 1) / threads;
-  const int begin = min(n, tid * chunk), end = min(n, begin + chunk);
-  int mine = 0;
-  for (int i = begin; i < end; i++) mine += order_key(x[i]) >= kth ? 1 : 0;
-  const int incl = warp_inclusive_sum(mine);
-  if (lane == kWarp - 1) warp_count[warp] = incl;
+  // Candidates in id order: warp w takes ids [w * span, (w + 1) * span), 32 at a time. Every
+  // lane runs the same iterations (the bounds are the warp's), so each ballot has the full warp.
+  const int span = (n + warps - 1) / warps;
+  const int begin = min(n, warp * span), end = min(n, begin + span);
+  int mine = 0;  // the warp's count, the same in every lane
+  for (int base = begin; base < end; base += kWarp) {
+    const int i = base + lane;
+    mine += mg_popc(mg_ballot(i < end && order_key(x[i]) >= kth));
+  }
+  if (lane == 0) warp_count[warp] = mine;
   __syncthreads();
   if (warp == 0) {
     const int c = lane < warps ? warp_count[lane] : 0;
@@ -584,17 +588,22 @@ __global__ void __launch_bounds__(kSelectThreads)
   }
   __syncthreads();
   const int count = found;
-  int at = warp_offset[warp] + incl - mine;
+  int at = warp_offset[warp];
   const bool head = count <= kSelectCap;
   float* values = head ? reinterpret_cast<float*>(row_out + 16) : full_values + static_cast<size_t>(blockIdx.x) * V;
   int* ids = head ? reinterpret_cast<int*>(row_out + 16 + 4 * kSelectCap) : full_ids + static_cast<size_t>(blockIdx.x) * V;
-  for (int i = begin; i < end; i++) {
-    const float v = x[i];
-    if (order_key(v) >= kth) {
-      values[at] = v;
-      ids[at] = i;
-      at++;
+  const unsigned before = (1u << lane) - 1u;  // the lanes below this one
+  for (int base = begin; base < end; base += kWarp) {
+    const int i = base + lane;
+    const float v = i < end ? x[i] : 0.0f;
+    const bool hit = i < end && order_key(v) >= kth;
+    const unsigned hits = mg_ballot(hit);
+    if (hit) {
+      const int slot = at + mg_popc(hits & before);
+      values[slot] = v;
+      ids[slot] = i;
     }
+    at += mg_popc(hits);
   }
   if (tid == 0) *reinterpret_cast<int*>(row_out) = count;
 }
