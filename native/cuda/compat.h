@@ -5,9 +5,9 @@
 //
 // Kernels use: __global__/__device__/__forceinline__, threadIdx/blockIdx/blockDim/gridDim,
 // MG_SHARED arrays, MG_DYNAMIC_SHARED, __syncthreads, __syncthreads_or, atomicAdd on shared
-// memory, mg_shfl_xor, mg_shfl_up and mg_ballot (full warps only), mg_popc, mg_half_to_float, mg_float_bits, and
-// expf/erff/sqrtf/fmaxf/fmaf. Host code uses the CUDA runtime functions the
-// emulator provides (emulator.h lists them) and MG_LAUNCH for every launch.
+// memory, mg_shfl_xor, mg_shfl_up, mg_ballot and mg_match_any (full warps only), mg_popc,
+// mg_half_to_float, mg_float_bits, and expf/erff/sqrtf/fmaxf/fmaf. Host code uses the CUDA
+// runtime functions the emulator provides (emulator.h lists them) and MG_LAUNCH for every launch.
 #pragma once
 
 #include <stdint.h>
@@ -27,6 +27,7 @@ __device__ __forceinline__ float mg_shfl_xor(float v, int mask) { return __shfl_
 __device__ __forceinline__ int mg_shfl_up(int v, int delta) { return __shfl_up_sync(0xffffffffu, v, delta); }
 __device__ __forceinline__ unsigned mg_ballot(int predicate) { return __ballot_sync(0xffffffffu, predicate); }
 __device__ __forceinline__ int mg_popc(unsigned x) { return __popc(x); }
+__device__ __forceinline__ unsigned mg_match_any(unsigned v) { return __match_any_sync(0xffffffffu, v); }
 __device__ __forceinline__ float mg_half_to_float(uint16_t bits) { return __half2float(__ushort_as_half(bits)); }
 __device__ __forceinline__ unsigned mg_float_bits(float f) { return __float_as_uint(f); }
 

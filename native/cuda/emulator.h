@@ -443,6 +443,13 @@ inline int mg_shfl_up(int v, int delta) {
 }
 inline unsigned mg_ballot(int predicate) { return __ballot_sync(0xffffffffu, predicate); }
 inline int mg_popc(unsigned x) { return __builtin_popcount(x); }
+// __match_any_sync over the full warp: the lanes holding the caller's value.
+inline unsigned mg_match_any(unsigned v) {
+  const uint64_t* lanes = ::mgemu::detail::warp_gather(v, 0xffffffffu, "mg_match_any");
+  unsigned bits = 0;
+  for (int i = 0; i < 32; i++) bits |= static_cast<unsigned>(lanes[i] == v) << i;
+  return bits;
+}
 
 // IEEE binary16 to binary32, exactly: subnormals, infinities, NaN payloads (quieted, as the
 // hardware conversions of x86 and Arm do).

@@ -526,11 +526,18 @@ __global__ void __launch_bounds__(kSelectThreads)
     for (int i = tid; i < warps * 256; i += threads) hist[i / 256][i % 256] = 0;
     __syncthreads();
     int nan = 0;
-    for (int i = tid; i < n; i += threads) {
-      const float v = x[i];
+    // A warp's lanes read 32 consecutive logits (the bounds are the warp's, so every lane runs
+    // every iteration). Logits share few top bytes (sign and exponent), so lanes with the same
+    // digit add once, the lowest of them for all: no queue of same-address atomics.
+    for (int base = tid - lane; base < n; base += threads) {
+      const int i = base + lane;
+      const float v = i < n ? x[i] : 0.0f;
       nan |= (mg_float_bits(v) & 0x7fffffffu) > 0x7f800000u;
       const unsigned key = order_key(v);
-      if ((key & mask) == prefix) atomicAdd(&hist[warp][(key >> shift) & 255u], 1u);
+      const bool counted = i < n && (key & mask) == prefix;
+      const unsigned digit = (key >> shift) & 255u;
+      const unsigned peers = mg_match_any(counted ? digit : 256u + lane);  // the uncounted: alone
+      if (counted && (peers & ((1u << lane) - 1u)) == 0) atomicAdd(&hist[warp][digit], static_cast<unsigned>(mg_popc(peers)));
     }
     if (__syncthreads_or(nan)) {  // every thread sees the same answer
       if (tid == 0) *reinterpret_cast<int*>(row_out) = -1;
