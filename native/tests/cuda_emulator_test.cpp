@@ -124,10 +124,11 @@ __global__ void warp_sums(const float* in, float* out, int* ints) {
   ints[g] = i;
 }
 
-// The other warp operations, each lane's results side by side (8 per lane).
+// The other warp operations, each lane's results side by side (12 per lane); the last four are
+// compat.h's own (the engine's kernels use them).
 __global__ void warp_ops(int* out) {
   const int lane = static_cast<int>(threadIdx.x % 32);
-  int* o = out + (blockIdx.x * blockDim.x + threadIdx.x) * 8;
+  int* o = out + (blockIdx.x * blockDim.x + threadIdx.x) * 12;
   o[0] = __shfl_sync(0xffffffffu, lane * 10, 7);
   o[1] = __shfl_down_sync(0xffffffffu, lane, 3);
   o[2] = __shfl_up_sync(0xffffffffu, lane, 5, 16);
@@ -136,6 +137,10 @@ __global__ void warp_ops(int* out) {
   o[5] = static_cast<int>(__ballot_sync(0xffffffffu, lane % 3 == 0));
   o[6] = __all_sync(0xffffffffu, lane < 32) + 2 * __any_sync(0xffffffffu, lane == 31);
   o[7] = __syncthreads_count(lane % 2 == 0);
+  o[8] = static_cast<int>(mg_match_any(static_cast<unsigned>(lane % 5)));
+  o[9] = mg_shfl_up(lane * 2, 1);
+  o[10] = static_cast<int>(mg_ballot(lane < 7));
+  o[11] = mg_popc(static_cast<unsigned>(lane));
 }
 
 // A LayerNorm-like block reduction: warps by shuffles, then their partial sums through shared
@@ -308,25 +313,32 @@ void test_shuffles() {
 
   // PTX's rules: out-of-segment sources read the caller's own value; widths split the warp.
   const unsigned threads = 64;
-  int* d = device_alloc<int>(threads * 8);
+  int* d = device_alloc<int>(threads * 12);
   MG_LAUNCH(warp_ops, 1, threads, 0, 0, d);
   CUDA_OK(cudaGetLastError());
-  const std::vector<int> o = download(d, threads * 8);
+  const std::vector<int> o = download(d, threads * 12);
   unsigned ballot = 0;
   for (int l = 0; l < 32; l++)
     if (l % 3 == 0) ballot |= 1u << l;
   for (unsigned t = 0; t < threads; t++) {
     const int lane = static_cast<int>(t % 32);
-    const int* r = &o[t * 8];
-    const int want[8] = {70,
+    const int* r = &o[t * 12];
+    unsigned same_residue = 0;
+    for (int l = 0; l < 32; l++)
+      if (l % 5 == lane % 5) same_residue |= 1u << l;
+    const int want[12] = {70,
                          lane + 3 <= 31 ? lane + 3 : lane,
                          lane % 16 >= 5 ? lane - 5 : lane,
                          (lane & 8) != 0 ? lane - 8 : lane,  // width 8: a later segment reads its own, an earlier one's is read
                          (lane & ~3) | ((lane + 1) & 3),
                          static_cast<int>(ballot),
                          1 + 2,
-                         static_cast<int>(threads / 2)};
-    for (int k = 0; k < 8; k++) CHECK(r[k] == want[k], "thread %u, operation %d: %d, want %d", t, k, r[k], want[k]);
+                         static_cast<int>(threads / 2),
+                         static_cast<int>(same_residue),
+                         lane >= 1 ? (lane - 1) * 2 : 0,
+                         0x7f,
+                         __builtin_popcount(static_cast<unsigned>(lane))};
+    for (int k = 0; k < 12; k++) CHECK(r[k] == want[k], "thread %u, operation %d: %d, want %d", t, k, r[k], want[k]);
   }
   CUDA_OK(cudaFree(d));
 }
