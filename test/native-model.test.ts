@@ -7,6 +7,7 @@ import { jsBackend } from '../lib/backends/js/index.js';
 import { loadAddon, type AddonIsa, type AddonTensor } from '../lib/backends/native/binding.js';
 import { addonTensors, nativeBackend } from '../lib/backends/native/index.js';
 import type { ModelConfig } from '../lib/config.js';
+import type { TopKRequest } from '../lib/backends/types.js';
 import { loadModel, MicroGPTError, readModelFile, type Model } from '../lib/index.js';
 import { checkKvCacheChunking, expected, expectedLogits, fixture, maxAbsDiff, MODEL_NAMES, randomTestWeights, runChild } from './helpers.js';
 
@@ -218,6 +219,17 @@ describe('bad input gives errors, not crashes', () => {
     assert.throws(() => s.append(Int32Array.of(2)), /still running/);
     assert.throws(() => s.reset(), /while its prefill is running/);
     await first;
+    // A request for top-k candidates: the CPU engine gives the logits, but the request is checked.
+    const V = config.vocabSize;
+    const bad = (select: unknown) => s.append(Int32Array.of(2), select as TopKRequest);
+    assert.throws(() => bad(5), /select must be an object \{ topK, limit \}/);
+    assert.throws(() => bad({ topK: '3', limit: V }), /select\.topK and select\.limit must be integers/);
+    for (const select of [{ topK: 0, limit: V }, { topK: 3, limit: V + 1 }, { topK: 3, limit: 3 }, { topK: 1.5, limit: V }]) {
+      assert.throws(() => bad(select), new RegExp(`0 < topK < limit <= vocabSize \\(${V}\\)`), JSON.stringify(select));
+    }
+    assert.throws(() => m.appendMany([s], [Int32Array.of(2)], [] as TopKRequest[]), /one entry per session/);
+    const logits = await s.append(Int32Array.of(2), { topK: 3, limit: V });
+    assert.ok(logits instanceof Float32Array && logits.length === V, 'the CPU engine gives the logits');
     assert.throws(() => new addon.Session() as unknown, /createSession/);
     m.dispose();
     assert.throws(() => s.append(Int32Array.of(1)), /disposed/);
