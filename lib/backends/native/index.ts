@@ -205,12 +205,10 @@ export class NativeRuntime implements ModelRuntime {
     this.queued = [];
     let promises: Promise<Float32Array | TopLogits>[];
     try {
+      const sessions = calls.map((c) => c.session);
+      const ids = calls.map((c) => c.ids);
       // Only the CUDA engine gives candidates: the CPU's sessions need no array of ids for them.
-      promises = this.live().appendMany(
-        calls.map((c) => c.session),
-        calls.map((c) => c.ids),
-        this.backend === 'cuda' ? calls.map((c) => c.select) : calls.map(() => undefined),
-      );
+      promises = this.backend === 'cuda' ? this.live().appendMany(sessions, ids, calls.map((c) => c.select)) : this.live().appendMany(sessions, ids);
     } catch (error) {
       for (const c of calls) c.reject(error);
       return;
