@@ -28,6 +28,16 @@ Napi::Float32Array f32(const Napi::CallbackInfo& info, size_t i, size_t min_leng
   return a;
 }
 
+// An Int32Array argument of at least min_length elements.
+Napi::Int32Array i32(const Napi::CallbackInfo& info, size_t i, size_t min_length, const char* name) {
+  if (i >= info.Length() || !info[i].IsTypedArray() || info[i].As<Napi::TypedArray>().TypedArrayType() != napi_int32_array ||
+      info[i].As<Napi::Int32Array>().ElementLength() < min_length) {
+    throw Napi::TypeError::New(info.Env(), std::string(name) + " must be an Int32Array of at least " +
+                                               std::to_string(min_length) + " elements");
+  }
+  return info[i].As<Napi::Int32Array>();
+}
+
 const float* f32_or_null(const Napi::CallbackInfo& info, size_t i, size_t min_length, const char* name) {
   if (info[i].IsNull() || info[i].IsUndefined()) return nullptr;
   return f32(info, i, min_length, name).Data();
@@ -281,11 +291,7 @@ void test_cuda_embedding(const Napi::CallbackInfo& info) {
   const CudaApi& api = cuda_arg(info, &device);
   const int start = start_arg(info, 5);
   const int T = positive(info, 6, "T"), V = positive(info, 7, "V"), C = positive(info, 8, "C");
-  if (!info[2].IsTypedArray() || info[2].As<Napi::TypedArray>().TypedArrayType() != napi_int32_array ||
-      info[2].As<Napi::Int32Array>().ElementLength() < static_cast<size_t>(T)) {
-    throw Napi::TypeError::New(info.Env(), "ids must be an Int32Array of T ids");
-  }
-  const int32_t* ids = info[2].As<Napi::Int32Array>().Data();
+  const int32_t* ids = i32(info, 2, static_cast<size_t>(T), "ids").Data();
   for (int t = 0; t < T; t++) {
     if (ids[t] < 0 || ids[t] >= V) throw Napi::RangeError::New(info.Env(), "ids must be from 0 to V - 1");
   }
@@ -318,16 +324,6 @@ void test_cuda_attention(const Napi::CallbackInfo& info) {
                                         f32(info, 3, cached, "keys").Data(), f32(info, 4, cached, "values").Data(), start, T,
                                         C, n_head, block_size, why, static_cast<int>(sizeof why));
   cuda_check(info, status, "attention", why);
-}
-
-// An Int32Array argument of at least min_length elements.
-Napi::Int32Array i32(const Napi::CallbackInfo& info, size_t i, size_t min_length, const char* name) {
-  if (i >= info.Length() || !info[i].IsTypedArray() || info[i].As<Napi::TypedArray>().TypedArrayType() != napi_int32_array ||
-      info[i].As<Napi::Int32Array>().ElementLength() < min_length) {
-    throw Napi::TypeError::New(info.Env(), std::string(name) + " must be an Int32Array of at least " +
-                                               std::to_string(min_length) + " elements");
-  }
-  return info[i].As<Napi::Int32Array>();
 }
 
 // cudaSelect(device, logits (rows, V), rows, V, k (rows), limit (rows), values (rows, V),

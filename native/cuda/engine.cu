@@ -441,6 +441,9 @@ TableLayout table_layout(int rows, int tiles, int out_rows) {
   return t;
 }
 
+// A top-k selection the kernel can make: 0 < k < limit <= V.
+bool valid_select(int k, int limit, int V) { return k >= 1 && k < limit && limit <= V; }
+
 // A decode step's graph: one per batch size, and per what comes back (logits or candidates).
 int graph_key(int n, bool selecting) { return 2 * n + (selecting ? 1 : 0); }
 
@@ -705,11 +708,11 @@ void run_pass(MicrogptCudaModel& m, const MicrogptCudaRequest* requests, int n) 
       if (count > 0) m.stats.selected_rows++;
     }
   } else {
+    const float* out = m.logits_host.as<float>();
     for (int i = 0; i < n; i++) {
+      std::memcpy(requests[i].logits, out + i * V, sizeof(float) * V);
       if (requests[i].top_count != nullptr) *requests[i].top_count = 0;
     }
-    const float* out = m.logits_host.as<float>();
-    for (int i = 0; i < n; i++) std::memcpy(requests[i].logits, out + i * V, sizeof(float) * V);
   }
   const std::chrono::duration<double> took = std::chrono::steady_clock::now() - started;
   if (profile) {
@@ -980,7 +983,7 @@ MICROGPT_CUDA_EXPORT int microgpt_cuda_run(MicrogptCudaModel* model, const Micro
   int rows = 0;
   for (int i = 0; i < n; i++) {
     const MicrogptCudaRequest& r = requests[i];
-    const bool bad_select = r.top_k < 0 || (r.top_k > 0 && (r.top_k >= r.top_limit || r.top_limit > c.vocab_size ||
+    const bool bad_select = r.top_k < 0 || (r.top_k > 0 && (!valid_select(r.top_k, r.top_limit, c.vocab_size) ||
                                                              r.top_ids == nullptr || r.top_count == nullptr));
     if (r.cache == nullptr || r.T < 1 || r.start < 0 || r.start + r.T > c.block_size || (r.all_positions && n > 1) ||
         bad_select) {
@@ -1214,7 +1217,7 @@ MICROGPT_CUDA_EXPORT int microgpt_cuda_test_select(int device, const float* logi
     return -1;
   }
   for (int r = 0; r < rows; r++) {
-    if (k[r] < 1 || k[r] >= limit[r] || limit[r] > V) {
+    if (!valid_select(k[r], limit[r], V)) {
       say(why, why_size, "row " + std::to_string(r) + ": k and limit must satisfy 0 < k < limit <= V");
       return -1;
     }
